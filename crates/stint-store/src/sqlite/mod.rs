@@ -1,0 +1,459 @@
+//! The embedded SQLite backend (WAL, `synchronous = FULL`, writes under `BEGIN IMMEDIATE`).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use stint_core::audit::{GENESIS_HASH, Verifier, format_time};
+use stint_core::{AuditRecord, ChainVerification, Session, SessionId};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::{
+    Batch, PrincipalRecord, PrincipalWrite, SessionFilter, SessionWrite, Store, StoreError,
+    StoreResult, TargetRecord, TargetWrite, Versioned, needs_revocation,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// SQLite store in one file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn db_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Duplicate("name".to_owned())
+        }
+        _ => backend(e),
+    }
+}
+
+fn parse_time(s: &str) -> StoreResult<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(backend)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` and runs the migrations.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        Self::connect(opts).await
+    }
+
+    /// Opens an in-memory database (tests).
+    pub async fn in_memory() -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(backend)?;
+        // One connection: every connection to `:memory:` is its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(backend)?;
+        MIGRATOR.run(&pool).await.map_err(backend)?;
+        Ok(Self { pool })
+    }
+
+    async fn connect(opts: SqliteConnectOptions) -> StoreResult<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(backend)?;
+        MIGRATOR.run(&pool).await.map_err(backend)?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs raw SQL (tests use it to tamper with the audit table).
+    pub async fn execute_raw(&self, sql: String) -> StoreResult<u64> {
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected())
+    }
+}
+
+fn principal_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<PrincipalRecord> {
+    let groups: String = r.try_get("groups_json").map_err(backend)?;
+    let deleted: Option<String> = r.try_get("deleted_at").map_err(backend)?;
+    Ok(PrincipalRecord {
+        id: r.try_get("id").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        kind: r.try_get("kind").map_err(backend)?,
+        groups: serde_json::from_str(&groups).map_err(backend)?,
+        key_hash: r.try_get("key_hash").map_err(backend)?,
+        created_at: parse_time(&r.try_get::<String, _>("created_at").map_err(backend)?)?,
+        deleted_at: deleted.as_deref().map(parse_time).transpose()?,
+    })
+}
+
+fn target_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<TargetRecord> {
+    Ok(TargetRecord {
+        name: r.try_get("name").map_err(backend)?,
+        kind: r.try_get("kind").map_err(backend)?,
+        doc: r.try_get("doc").map_err(backend)?,
+        created_at: parse_time(&r.try_get::<String, _>("created_at").map_err(backend)?)?,
+    })
+}
+
+fn session_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Versioned> {
+    let doc: String = r.try_get("doc").map_err(backend)?;
+    Ok(Versioned {
+        session: serde_json::from_str::<Session>(&doc).map_err(backend)?,
+        version: r.try_get("version").map_err(backend)?,
+    })
+}
+
+fn audit_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, sqlx::Error> {
+    Ok(AuditRecord {
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        session: r.try_get("session")?,
+        details: r.try_get("details")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, actor, action, session, details, prev_hash, hash";
+
+async fn write_principal(
+    tx: &mut sqlx::SqliteConnection,
+    p: &PrincipalRecord,
+    insert: bool,
+) -> StoreResult<()> {
+    let sql = if insert {
+        "INSERT INTO principals (id, name, kind, groups_json, key_hash, created_at, deleted_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    } else {
+        "UPDATE principals SET name = ?2, kind = ?3, groups_json = ?4, key_hash = ?5, \
+         created_at = ?6, deleted_at = ?7 WHERE id = ?1"
+    };
+    let r = sqlx::query(sql)
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.kind)
+        .bind(json(&p.groups)?)
+        .bind(&p.key_hash)
+        .bind(format_time(p.created_at))
+        .bind(p.deleted_at.map(format_time))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match db_err(e) {
+            StoreError::Duplicate(_) => StoreError::Duplicate(p.name.clone()),
+            other => other,
+        })?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+async fn write_target(tx: &mut sqlx::SqliteConnection, w: &TargetWrite) -> StoreResult<()> {
+    let r = match w {
+        TargetWrite::Insert(t) => sqlx::query(
+            "INSERT INTO targets (name, kind, doc, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&t.name)
+        .bind(&t.kind)
+        .bind(&t.doc)
+        .bind(format_time(t.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match db_err(e) {
+            StoreError::Duplicate(_) => StoreError::Duplicate(t.name.clone()),
+            other => other,
+        })?,
+        TargetWrite::Update(t) => sqlx::query("UPDATE targets SET kind = ?2, doc = ?3 WHERE name = ?1")
+            .bind(&t.name)
+            .bind(&t.kind)
+            .bind(&t.doc)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?,
+        TargetWrite::Delete(name) => sqlx::query("DELETE FROM targets WHERE name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?,
+    };
+    if r.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+async fn write_session(tx: &mut sqlx::SqliteConnection, w: &SessionWrite) -> StoreResult<()> {
+    let s = &w.session;
+    let doc = json(s)?;
+    let r = match w.expected_version {
+        None => sqlx::query(
+            "INSERT INTO sessions (id, principal, target, state, needs_revocation, version, doc) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+        ),
+        Some(_) => sqlx::query(
+            "UPDATE sessions SET principal = ?2, target = ?3, state = ?4, needs_revocation = ?5, \
+             version = version + 1, doc = ?6 WHERE id = ?1 AND version = ?7",
+        ),
+    }
+    .bind(s.id.as_str())
+    .bind(s.principal.as_str())
+    .bind(&s.target)
+    .bind(s.state.as_str())
+    .bind(needs_revocation(s))
+    .bind(doc)
+    .bind(w.expected_version.unwrap_or(0))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, batch: Batch) -> StoreResult<Vec<AuditRecord>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        for p in &batch.principals {
+            match p {
+                PrincipalWrite::Insert(p) => write_principal(&mut tx, p, true).await?,
+                PrincipalWrite::Update(p) => write_principal(&mut tx, p, false).await?,
+            }
+        }
+        for t in &batch.targets {
+            write_target(&mut tx, t).await?;
+        }
+        for s in &batch.sessions {
+            write_session(&mut tx, s).await?;
+        }
+        let mut sealed = Vec::with_capacity(batch.audit.len());
+        if !batch.audit.is_empty() {
+            let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let (mut seq, mut prev) = match head {
+                Some(r) => (
+                    r.try_get::<i64, _>("seq").map_err(backend)?,
+                    r.try_get::<String, _>("hash").map_err(backend)?,
+                ),
+                None => (0, GENESIS_HASH.to_owned()),
+            };
+            for ev in &batch.audit {
+                seq += 1;
+                let rec = ev.seal(seq, &prev);
+                sqlx::query(
+                    "INSERT INTO audit (seq, at, actor, action, session, details, prev_hash, hash) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .bind(rec.seq)
+                .bind(&rec.at)
+                .bind(&rec.actor)
+                .bind(&rec.action)
+                .bind(&rec.session)
+                .bind(&rec.details)
+                .bind(&rec.prev_hash)
+                .bind(&rec.hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                prev = rec.hash.clone();
+                sealed.push(rec);
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(sealed)
+    }
+
+    async fn principal(&self, id: &str) -> StoreResult<Option<PrincipalRecord>> {
+        sqlx::query("SELECT * FROM principals WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(principal_row)
+            .transpose()
+    }
+
+    async fn principal_by_key_hash(&self, key_hash: &str) -> StoreResult<Option<PrincipalRecord>> {
+        sqlx::query("SELECT * FROM principals WHERE key_hash = ?1 AND deleted_at IS NULL")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(principal_row)
+            .transpose()
+    }
+
+    async fn principals(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<PrincipalRecord>> {
+        sqlx::query("SELECT * FROM principals WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(principal_row)
+            .collect()
+    }
+
+    async fn target(&self, name: &str) -> StoreResult<Option<TargetRecord>> {
+        sqlx::query("SELECT * FROM targets WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(target_row)
+            .transpose()
+    }
+
+    async fn targets(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<TargetRecord>> {
+        sqlx::query("SELECT * FROM targets WHERE name > ?1 ORDER BY name LIMIT ?2")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(target_row)
+            .collect()
+    }
+
+    async fn session(&self, id: &SessionId) -> StoreResult<Option<Versioned>> {
+        sqlx::query("SELECT doc, version FROM sessions WHERE id = ?1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(session_row)
+            .transpose()
+    }
+
+    async fn sessions(&self, f: &SessionFilter) -> StoreResult<Vec<Versioned>> {
+        sqlx::query(
+            "SELECT doc, version FROM sessions WHERE id > ?1 \
+             AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR principal = ?3) \
+             AND (?4 IS NULL OR target = ?4) ORDER BY id LIMIT ?5",
+        )
+        .bind(f.after.as_deref().unwrap_or(""))
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.principal.as_deref())
+        .bind(f.target.as_deref())
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(session_row)
+        .collect()
+    }
+
+    async fn live_sessions(&self) -> StoreResult<Vec<Versioned>> {
+        sqlx::query(
+            "SELECT doc, version FROM sessions \
+             WHERE state IN ('requested', 'scheduled', 'active') OR needs_revocation = 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(session_row)
+        .collect()
+    }
+
+    async fn audit(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| audit_row(r).map_err(backend))
+            .collect()
+    }
+
+    async fn audit_for_session(&self, id: &SessionId) -> StoreResult<Vec<AuditRecord>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE session = ?1 ORDER BY seq");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| audit_row(r).map_err(backend))
+            .collect()
+    }
+
+    async fn verify_audit(&self) -> StoreResult<ChainVerification> {
+        // Read in pages so a long chain never sits in memory at once. Rows are read by position;
+        // a row whose columns no longer decode is reported at the position it should hold.
+        let mut v = Verifier::new();
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query("SELECT * FROM audit WHERE seq > ?1 ORDER BY seq LIMIT 1000")
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let seq: i64 = r.try_get("seq").unwrap_or(after + 1);
+                match audit_row(r) {
+                    Ok(rec) => {
+                        if !v.push(&rec) {
+                            return Ok(v.finish());
+                        }
+                    }
+                    Err(_) => {
+                        v.unreadable(seq);
+                        return Ok(v.finish());
+                    }
+                }
+                after = seq;
+            }
+        }
+        Ok(v.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests;
