@@ -482,10 +482,8 @@ impl Session {
         if new.max_uses == Some(0) {
             return Err(TransitionError::Invalid("max_uses must be at least 1".into()));
         }
-        if let Some(nb) = new.not_before {
-            if nb > now + secs(MAX_DURATION_S) {
-                return Err(TransitionError::Invalid("not_before is too far ahead".into()));
-            }
+        if new.not_before.is_some_and(|nb| nb > now + secs(MAX_DURATION_S)) {
+            return Err(TransitionError::Invalid("not_before is too far ahead".into()));
         }
         let mut s = Session {
             id: new.id,
@@ -586,9 +584,7 @@ impl Session {
             },
             Event::Tick { activity } => {
                 if let Some(at) = activity {
-                    if s.state == State::Active && s.last_activity_at.is_none_or(|l| at > l) {
-                        s.last_activity_at = Some(at.min(now));
-                    }
+                    s.note_activity(at.min(now));
                 }
                 s.advance(now, &mut fx);
             }
@@ -614,8 +610,8 @@ impl Session {
                     return Err(TransitionError::NotActive);
                 }
                 let kind = cred.kind;
-                s.uses += count;
-                s.last_activity_at = Some(last_at.min(now));
+                s.uses = s.uses.saturating_add(count);
+                s.note_activity(last_at.min(now));
                 fx.push(s.audit(
                     last_at.min(now),
                     &Actor::System,
@@ -670,12 +666,18 @@ impl Session {
                     .ok_or(TransitionError::UnknownCredential)?;
                 if c.revocation == Revocation::None {
                     c.revocation = Revocation::Pending;
+                    let (kind, handle) = (c.kind, c.handle.clone());
+                    fx.push(s.audit(
+                        now,
+                        &by,
+                        "credential.revocation_requested",
+                        json!({ "credential": credential, "kind": kind }),
+                    ));
                     fx.push(Effect::Revoke {
-                        credential: c.id.clone(),
-                        kind: c.kind,
-                        handle: c.handle.clone(),
+                        credential,
+                        kind,
+                        handle,
                     });
-                    let _ = by;
                 }
             }
             Event::RevocationConfirmed { credential } => {
@@ -685,6 +687,9 @@ impl Session {
                     .iter_mut()
                     .find(|c| c.id == credential)
                     .ok_or(TransitionError::UnknownCredential)?;
+                if c.revocation == Revocation::None {
+                    return Err(TransitionError::Invalid("revocation was never requested".into()));
+                }
                 if c.revocation != Revocation::Confirmed {
                     c.revocation = Revocation::Confirmed;
                     c.revoked_at = Some(now);
@@ -705,6 +710,9 @@ impl Session {
                     .iter_mut()
                     .find(|c| c.id == credential)
                     .ok_or(TransitionError::UnknownCredential)?;
+                if c.revocation == Revocation::None {
+                    return Err(TransitionError::Invalid("revocation was never requested".into()));
+                }
                 if c.revocation != Revocation::Confirmed {
                     c.revocation = Revocation::Failed;
                     let kind = c.kind;
@@ -746,6 +754,20 @@ impl Session {
                 }
             }
             _ => None,
+        }
+    }
+
+    /// Records a heartbeat or use at `at`. Activity never moves the idle deadline back, never
+    /// counts from before activation, and never revives a session that was already idle at `at`.
+    fn note_activity(&mut self, at: OffsetDateTime) {
+        if self.state != State::Active || self.activated_at.is_none_or(|a| at < a) {
+            return;
+        }
+        if self.idle_deadline().is_some_and(|d| at >= d) {
+            return;
+        }
+        if self.last_activity_at.is_none_or(|l| at > l) {
+            self.last_activity_at = Some(at);
         }
     }
 

@@ -5,8 +5,8 @@
 use proptest::prelude::*;
 use stint_core::session::MAX_DURATION_S;
 use stint_core::{
-    Actor, Binding, BindingKind, Credential, CredentialId, CredentialKind, Effect, EndReason, Event,
-    NewSession, PrincipalId, Revocation, Session, SessionId, State, TransitionError,
+    Actor, Binding, BindingKind, Credential, CredentialId, CredentialKind, Effect, EndReason,
+    Event, NewSession, PrincipalId, Revocation, Session, SessionId, State, TransitionError,
 };
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -284,7 +284,11 @@ fn two_required_approvals_from_distinct_approvers_activate_the_session() {
     let (s, _) = request(new_session(2), T0);
 
     let (s, fx) = step(&s, approve(approver(1)), at(10));
-    assert_eq!(s.state, State::Requested, "one of two approvals is not enough");
+    assert_eq!(
+        s.state,
+        State::Requested,
+        "one of two approvals is not enough"
+    );
     assert_eq!(actions(&fx), ["session.approved"]);
     assert_eq!(s.approvals.len(), 1);
     assert_eq!(s.expires_at, None);
@@ -297,7 +301,11 @@ fn two_required_approvals_from_distinct_approvers_activate_the_session() {
         approver(2).to_string()
     );
     assert_eq!(s.activated_at, Some(at(20)));
-    assert_eq!(s.expires_at, Some(at(20 + 1_000)), "deadline counts from activation");
+    assert_eq!(
+        s.expires_at,
+        Some(at(20 + 1_000)),
+        "deadline counts from activation"
+    );
     let who: Vec<_> = s.approvals.iter().map(|a| a.approver.clone()).collect();
     assert_eq!(who, [approver(1), approver(2)]);
     assert_eq!(s.approvals[1].at, at(20));
@@ -482,6 +490,14 @@ fn end_retries_revocation_that_failed_or_is_pending() {
     );
     let (s, _) = step(
         &s,
+        Event::RevokeCredential {
+            credential: cred_id(2),
+            by: Actor::System,
+        },
+        at(2),
+    );
+    let (s, _) = step(
+        &s,
         Event::RevocationFailed {
             credential: cred_id(2),
             error: "target unreachable".to_owned(),
@@ -554,7 +570,10 @@ fn ended_session_is_final() {
         ),
         TransitionError::NotActive
     );
-    assert_eq!(refused(&s, used(1, 1, now), now), TransitionError::NotActive);
+    assert_eq!(
+        refused(&s, used(1, 1, now), now),
+        TransitionError::NotActive
+    );
     assert_eq!(s.credential_expiry(now), Err(TransitionError::NotActive));
 
     // Time passing is accepted but changes nothing.
@@ -686,7 +705,10 @@ fn tick_after_idle_timeout_ends_session_as_idle() {
     let (still, fx) = step(&s, tick(), at(59));
     assert_eq!(still.state, State::Active);
     assert!(fx.is_empty());
-    assert!(!s.is_live(at(60)), "idle from the idle deadline on, before any tick");
+    assert!(
+        !s.is_live(at(60)),
+        "idle from the idle deadline on, before any tick"
+    );
 
     let (s, fx) = step(&s, tick(), at(60));
     assert_eq!(s.state, State::Ended);
@@ -710,7 +732,11 @@ fn recent_tick_activity_postpones_idle_timeout() {
     assert_eq!(s.idle_deadline(), Some(at(110)));
 
     let (still, _) = step(&s, tick(), at(100));
-    assert_eq!(still.state, State::Active, "would be idle since 60 without the heartbeat");
+    assert_eq!(
+        still.state,
+        State::Active,
+        "would be idle since 60 without the heartbeat"
+    );
     let (s, _) = step(&s, tick(), at(110));
     assert_eq!(s.end_reason, Some(EndReason::Idle));
 }
@@ -778,7 +804,10 @@ fn uses_up_to_max_uses_end_session_with_reason_max_uses() {
     assert_eq!(s.end_reason, Some(EndReason::MaxUses));
     assert_eq!(actions(&fx), ["credential.used", "session.ended"]);
     assert_eq!(revoked_ids(&fx), [cred_id(1)]);
-    assert_eq!(refused(&s, used(1, 1, at(5)), at(5)), TransitionError::NotActive);
+    assert_eq!(
+        refused(&s, used(1, 1, at(5)), at(5)),
+        TransitionError::NotActive
+    );
 }
 
 #[test]
@@ -875,11 +904,7 @@ fn issue_records_the_credential_with_expiry_from_credential_expiry() {
 fn credential_outliving_its_session_is_refused() {
     let s = active();
     let now = at(900);
-    for expires_at in [
-        at(1_000) + Duration::milliseconds(1),
-        at(1_001),
-        at(5_000),
-    ] {
+    for expires_at in [at(1_000) + Duration::milliseconds(1), at(1_001), at(5_000)] {
         let before = s.clone();
         assert_eq!(
             refused(
@@ -958,8 +983,14 @@ fn issue_on_session_that_is_not_active_is_refused() {
 fn credential_expiry_after_deadline_is_refused_before_any_tick() {
     let s = active();
     assert_eq!(s.state, State::Active, "no tick has ended it yet");
-    assert_eq!(s.credential_expiry(at(1_000)), Err(TransitionError::NotActive));
-    assert_eq!(s.credential_expiry(at(2_000)), Err(TransitionError::NotActive));
+    assert_eq!(
+        s.credential_expiry(at(1_000)),
+        Err(TransitionError::NotActive)
+    );
+    assert_eq!(
+        s.credential_expiry(at(2_000)),
+        Err(TransitionError::NotActive)
+    );
     assert!(!s.is_live(at(1_000)));
     assert_eq!(
         refused(
@@ -993,9 +1024,13 @@ fn revoking_one_credential_asks_provider_and_confirmation_marks_it_revoked() {
         },
         at(2),
     );
+    let revokes: Vec<_> = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::Revoke { .. }))
+        .collect();
     assert_eq!(
-        fx,
-        [Effect::Revoke {
+        revokes,
+        [&Effect::Revoke {
             credential: cred_id(1),
             kind: CredentialKind::Jwt,
             handle: "sha256-of-token-1".to_owned(),
@@ -1096,7 +1131,10 @@ fn revocation_events_for_unknown_credentials_are_refused() {
             error: "x".to_owned(),
         },
     ] {
-        assert_eq!(refused(&s, event, at(2)), TransitionError::UnknownCredential);
+        assert_eq!(
+            refused(&s, event, at(2)),
+            TransitionError::UnknownCredential
+        );
     }
 }
 
@@ -1125,16 +1163,20 @@ fn next_wake_of_active_session_is_its_deadline_without_idle_timeout() {
 
 #[test]
 fn next_wake_of_active_session_is_the_earlier_of_deadline_and_idle_deadline() {
-    let s = active_with(|n| n.idle_timeout_s = Some(60));
-    assert_eq!(s.next_wake(), Some(at(60)));
+    let s = active_with(|n| n.idle_timeout_s = Some(600));
+    assert_eq!(s.next_wake(), Some(at(600)));
     let (s, _) = step(
         &s,
         Event::Tick {
-            activity: Some(at(950)),
+            activity: Some(at(410)),
         },
-        at(950),
+        at(500),
     );
-    assert_eq!(s.next_wake(), Some(at(1_000)), "deadline comes before idle at 1010");
+    assert_eq!(
+        s.next_wake(),
+        Some(at(1_000)),
+        "deadline comes before idle at 1010"
+    );
 }
 
 #[test]
@@ -1158,6 +1200,98 @@ fn next_wake_of_final_sessions_is_none() {
         assert!(s.state.is_final());
         assert_eq!(s.next_wake(), None, "state {:?}", s.state);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known defects of the core, reproduced; ignored until src/session.rs is fixed (see the test report)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn use_report_with_older_last_at_does_not_move_idle_deadline_back() {
+    let s = issue(&active_with(|n| n.idle_timeout_s = Some(60)), 1, at(1));
+    let (s, _) = step(
+        &s,
+        Event::Tick {
+            activity: Some(at(50)),
+        },
+        at(55),
+    );
+    // A batch of uses whose last use was at 10 s, reported after the heartbeat at 50 s.
+    let (s, _) = step(&s, used(1, 1, at(10)), at(56));
+    assert_eq!(s.last_activity_at, Some(at(50)));
+    let (s, _) = step(&s, tick(), at(70));
+    assert_eq!(
+        s.state,
+        State::Active,
+        "active at 50 s, so not idle before 110 s"
+    );
+}
+
+#[test]
+fn activity_before_activation_does_not_shorten_idle_window() {
+    let s = active_with(|n| n.idle_timeout_s = Some(60));
+    let (s, _) = step(
+        &s,
+        Event::Tick {
+            activity: Some(at(-30)),
+        },
+        at(31),
+    );
+    assert_eq!(
+        s.state,
+        State::Active,
+        "active for 31 s of a 60 s idle timeout"
+    );
+    assert_eq!(s.idle_deadline(), Some(at(60)));
+}
+
+#[test]
+fn activity_after_idle_deadline_does_not_revive_session() {
+    let s = issue(&active_with(|n| n.idle_timeout_s = Some(60)), 1, at(1));
+    assert!(
+        !s.is_live(at(61)),
+        "idle since 60 s: issue and use are refused"
+    );
+    let (s, _) = step(
+        &s,
+        Event::Tick {
+            activity: Some(at(61)),
+        },
+        at(61),
+    );
+    assert_eq!(s.state, State::Ended);
+    assert_eq!(s.end_reason, Some(EndReason::Idle));
+}
+
+#[test]
+fn huge_use_counts_do_not_panic() {
+    let s = issue(&active(), 1, at(1));
+    let (s, _) = step(&s, used(1, u64::MAX, at(2)), at(2));
+    let uses = s
+        .apply(used(1, 1, at(3)), at(3))
+        .map_or(s.uses, |(s, _)| s.uses);
+    assert_eq!(uses, u64::MAX);
+}
+
+#[test]
+fn revoking_one_credential_is_audited_with_who_asked() {
+    let s = issue(&active(), 1, at(1));
+    let (_, fx) = step(
+        &s,
+        Event::RevokeCredential {
+            credential: cred_id(1),
+            by: Actor::Principal(approver(1)),
+        },
+        at(2),
+    );
+    let audited = fx.iter().any(|e| {
+        matches!(e, Effect::Audit(a) if a.actor == approver(1).to_string()
+            && a.details["credential"] == serde_json::json!(cred_id(1)))
+    });
+    assert!(
+        audited,
+        "DESIGN.md invariant 5: every state change has an audit event: {fx:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1225,25 +1359,59 @@ enum Op {
     /// Activity this many permille of the ttl before now, if any.
     Tick(Option<u16>),
     Used(u8, u64),
+    /// Issue with the expiry from `credential_expiry` (or `now + 1 s` when it refuses).
     Issue,
+    /// Issue with an arbitrary expiry `now + seed % (2 × ttl + 2)` seconds, possibly too late.
+    IssueAt(u64),
     RevokeCredential(u8),
     RevocationConfirmed(u8),
     RevocationFailed(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    // Weighted towards the events of a live session so that sequences spend time in `active`.
     prop_oneof![
-        3 => (0u8..4).prop_map(Op::Approve),
+        8 => (0u8..4).prop_map(Op::Approve),
         1 => (0u8..4).prop_map(Op::Deny),
         1 => Just(Op::Cancel),
         1 => (0u8..8).prop_map(Op::End),
-        4 => proptest::option::of(0u16..=1_500).prop_map(Op::Tick),
-        3 => (any::<u8>(), 1u64..=3).prop_map(|(c, n)| Op::Used(c, n)),
-        3 => Just(Op::Issue),
-        1 => any::<u8>().prop_map(Op::RevokeCredential),
-        1 => any::<u8>().prop_map(Op::RevocationConfirmed),
-        1 => any::<u8>().prop_map(Op::RevocationFailed),
+        6 => proptest::option::of(0u16..=1_500).prop_map(Op::Tick),
+        8 => (any::<u8>(), 1u64..=3).prop_map(|(c, n)| Op::Used(c, n)),
+        6 => Just(Op::Issue),
+        2 => any::<u64>().prop_map(Op::IssueAt),
+        2 => any::<u8>().prop_map(Op::RevokeCredential),
+        2 => any::<u8>().prop_map(Op::RevocationConfirmed),
+        2 => any::<u8>().prop_map(Op::RevocationFailed),
     ]
+}
+
+/// How far the clock moves before a step: 0..=2×ttl seconds, mostly short so that sessions live
+/// through several events, sometimes long enough to cross every deadline.
+#[derive(Debug, Clone, Copy)]
+enum Jump {
+    None,
+    Short(u64),
+    Long(u64),
+}
+
+fn jump() -> impl Strategy<Value = Jump> {
+    prop_oneof![
+        3 => Just(Jump::None),
+        6 => any::<u64>().prop_map(Jump::Short),
+        1 => any::<u64>().prop_map(Jump::Long),
+    ]
+}
+
+fn seconds(s: u64) -> Duration {
+    Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX))
+}
+
+fn jump_by(jump: Jump, ttl_s: u64) -> Duration {
+    seconds(match jump {
+        Jump::None => 0,
+        Jump::Short(seed) => seed % (ttl_s / 8 + 2),
+        Jump::Long(seed) => seed % (2 * ttl_s + 1),
+    })
 }
 
 const REASONS: [EndReason; 8] = [
@@ -1270,7 +1438,9 @@ fn pick_credential(s: &Session, i: u8) -> CredentialId {
     if s.credentials.is_empty() {
         cred_id(0xdead)
     } else {
-        s.credentials[usize::from(i) % s.credentials.len()].id.clone()
+        s.credentials[usize::from(i) % s.credentials.len()]
+            .id
+            .clone()
     }
 }
 
@@ -1311,6 +1481,12 @@ fn to_event(s: &Session, op: &Op, now: OffsetDateTime, next_cred: &mut u128) -> 
                 credential: credential(*next_cred, expires_at),
             }
         }
+        Op::IssueAt(seed) => {
+            *next_cred += 1;
+            Event::Issue {
+                credential: credential(*next_cred, now + seconds(seed % (2 * s.ttl_s + 2))),
+            }
+        }
         Op::RevokeCredential(i) => Event::RevokeCredential {
             credential: pick_credential(s, i),
             by: Actor::System,
@@ -1337,6 +1513,37 @@ fn state_action(st: State) -> &'static str {
     }
 }
 
+/// The edges of DESIGN.md's state diagram (a Tick may take scheduled through active to ended).
+fn transition_allowed(from: State, to: State) -> bool {
+    use State::{Active, Canceled, Denied, Ended, Expired, Requested, Scheduled};
+    from == to
+        || matches!(
+            (from, to),
+            (Requested, Scheduled | Active | Denied | Canceled | Expired)
+                | (Scheduled, Active | Ended | Canceled)
+                | (Active, Ended)
+        )
+}
+
+/// Liveness computed independently of the core: active, before the deadline, not idle.
+fn model_live(s: &Session, now: OffsetDateTime) -> bool {
+    let not_idle = match (s.idle_timeout_s, s.last_activity_at.or(s.activated_at)) {
+        (Some(idle), Some(since)) => now < since + seconds(idle),
+        _ => true,
+    };
+    s.state == State::Active && s.expires_at.is_some_and(|d| now < d) && not_idle
+}
+
+/// The session without the revocation progress of its credentials, which goes on after the end.
+fn without_revocation_progress(s: &Session) -> Session {
+    let mut s = s.clone();
+    for c in &mut s.credentials {
+        c.revocation = Revocation::None;
+        c.revoked_at = None;
+    }
+    s
+}
+
 /// Invariants that hold for every session at every moment.
 fn check_session(s: &Session) -> Result<(), TestCaseError> {
     // (a) No credential outlives its session.
@@ -1351,6 +1558,11 @@ fn check_session(s: &Session) -> Result<(), TestCaseError> {
         );
         prop_assert!(c.issued_at < c.expires_at);
     }
+    // The deadline is the start (activation, or the scheduled start) plus the ttl.
+    if let Some(deadline) = s.expires_at {
+        let start = s.activated_at.or(s.not_before);
+        prop_assert_eq!(Some(deadline), start.map(|t| t + seconds(s.ttl_s)));
+    }
     // (b) Never the requester, N approvals means N distinct approvers.
     for (i, a) in s.approvals.iter().enumerate() {
         prop_assert_ne!(&a.approver, &s.principal, "self-approval recorded");
@@ -1361,10 +1573,18 @@ fn check_session(s: &Session) -> Result<(), TestCaseError> {
         );
     }
     prop_assert!(s.approvals.len() <= s.approvals_required as usize);
+    if s.state == State::Requested {
+        prop_assert!(s.approvals.len() < s.approvals_required as usize);
+    }
     // (e) An ended session leaves no credential unrevoked.
     if s.state == State::Ended {
         for c in &s.credentials {
-            prop_assert_ne!(c.revocation, Revocation::None, "credential {} forgotten", c.id);
+            prop_assert_ne!(
+                c.revocation,
+                Revocation::None,
+                "credential {} forgotten",
+                c.id
+            );
         }
         prop_assert!(s.end_reason.is_some());
     }
@@ -1378,29 +1598,91 @@ fn check_session(s: &Session) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// (d) A change of state comes with an audit event naming the new state.
-fn check_state_change_audited(
-    before: State,
-    after: State,
+/// Checks one successful step `before --event@now--> (after, fx)`.
+fn check_step(
+    before: &Session,
+    event: &Event,
+    now: OffsetDateTime,
+    after: &Session,
     fx: &[Effect],
 ) -> Result<(), TestCaseError> {
-    if before != after {
-        let want = state_action(after);
+    // (c) A final state is final: nothing but revocation progress changes any more.
+    if before.state.is_final() {
+        prop_assert_eq!(
+            without_revocation_progress(after),
+            without_revocation_progress(before),
+            "final session changed by {:?}",
+            event
+        );
+    }
+    prop_assert!(
+        transition_allowed(before.state, after.state),
+        "{:?} -> {:?} on {:?}",
+        before.state,
+        after.state,
+        event
+    );
+    // (d) Every change of state is audited with the new state's action.
+    if before.state != after.state {
+        let want = state_action(after.state);
         prop_assert!(
             actions(fx).contains(&want),
-            "{before:?} -> {after:?} without {want}: {fx:?}"
+            "{:?} -> {:?} without {want}: {fx:?}",
+            before.state,
+            after.state
         );
+    }
+    match event {
+        // (f) Credentials only while live, never past what `credential_expiry` allows.
+        Event::Issue { credential } => {
+            prop_assert!(
+                before.is_live(now),
+                "issued while not live at {now}: {before:?}"
+            );
+            prop_assert!(model_live(before, now), "issued while not live at {now}");
+            let limit = before.credential_expiry(now);
+            prop_assert!(limit.is_ok_and(|l| credential.expires_at <= l));
+            prop_assert_eq!(after.credentials.len(), before.credentials.len() + 1);
+        }
+        // Uses only while live.
+        Event::Used { .. } => prop_assert!(model_live(before, now), "use while not live"),
+        // Decisions only while waiting, within the approval window.
+        Event::Approve { .. } | Event::Deny { .. } => {
+            prop_assert_eq!(before.state, State::Requested);
+            prop_assert!(now < before.approval_deadline, "decision after the window");
+            if matches!(after.state, State::Active | State::Scheduled) {
+                prop_assert_eq!(after.approvals.len(), after.approvals_required as usize);
+            }
+        }
+        // A tick judges every time-based condition at `now`.
+        Event::Tick { .. } => match after.state {
+            State::Requested => prop_assert!(now < after.approval_deadline),
+            State::Scheduled => prop_assert!(after.not_before.is_some_and(|nb| now < nb)),
+            State::Active => prop_assert!(model_live(after, now), "active but dead after tick"),
+            _ => {}
+        },
+        _ => {}
+    }
+    // Ending asks for revocation of every credential not yet confirmed revoked.
+    if before.state != State::Ended && after.state == State::Ended {
+        let revoked = revoked_ids(fx);
+        for c in &before.credentials {
+            if c.revocation != Revocation::Confirmed {
+                prop_assert!(revoked.contains(&c.id), "{} not revoked on end", c.id);
+            }
+        }
+        prop_assert_eq!(after.ended_at, Some(now));
     }
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_for_any_event_sequence(
         p in params(),
-        steps in proptest::collection::vec((op(), any::<u64>()), 0..40),
+        steps in proptest::collection::vec((op(), jump()), 0..=40),
     ) {
         let new = NewSession {
             id: SessionId::from_u128(7),
@@ -1413,68 +1695,40 @@ proptest! {
             approvals_required: p.approvals_required,
             approval_window_s: p.approval_window_s,
             binding: Binding::default(),
-            not_before: p.not_before_s.map(|s| T0 + Duration::seconds(s.cast_signed())),
+            not_before: p.not_before_s.map(|s| T0 + seconds(s)),
             idle_timeout_s: p.idle_timeout_s,
             max_uses: p.max_uses,
             break_glass: p.break_glass,
         };
-        let (mut s, fx) = Session::request(new, T0).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let (mut s, fx) =
+            Session::request(new, T0).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(actions(&fx).first().copied(), Some("session.requested"));
-        check_state_change_audited(State::Requested, s.state, &fx)?;
+        prop_assert!(transition_allowed(State::Requested, s.state));
+        if s.state != State::Requested {
+            prop_assert!(actions(&fx).contains(&state_action(s.state)));
+        }
         check_session(&s)?;
 
         let mut now = T0;
         let mut next_cred = 0u128;
-        let mut final_state: Option<State> = s.state.is_final().then_some(s.state);
-        let max_jump = 2 * p.ttl_s + 1;
-
         for (op, jump) in &steps {
-            now += Duration::seconds((jump % max_jump).cast_signed());
+            now += jump_by(*jump, p.ttl_s);
             let event = to_event(&s, op, now, &mut next_cred);
             let before = s.clone();
-            let live_before = before.is_live(now);
-            let unrevoked_before: Vec<CredentialId> = before
-                .credentials
-                .iter()
-                .filter(|c| c.revocation == Revocation::None)
-                .map(|c| c.id.clone())
-                .collect();
-
             match before.apply(event.clone(), now) {
-                Err(_) => {
-                    // (c) A refused event changes nothing.
+                Err(e) => {
+                    // (c) A refused event changes nothing (the session is kept as it was).
                     prop_assert_eq!(&s, &before);
+                    // (f) Issuing with the expiry the core computed fails only when not live.
+                    if matches!(op, Op::Issue) {
+                        prop_assert!(!before.is_live(now), "live session refused issue: {e}");
+                        prop_assert!(!model_live(&before, now), "live session refused issue: {e}");
+                    }
                 }
-                Ok((next, fx)) => {
-                    // (c) A final state is final.
-                    if let Some(st) = final_state {
-                        prop_assert_eq!(next.state, st, "left final state on {:?}", event);
-                    }
-                    // (f) Credentials only while live, with the expiry the core computes.
-                    if let Event::Issue { credential } = &event {
-                        prop_assert!(live_before, "issued while not live at {now}: {before:?}");
-                        prop_assert_eq!(before.credential_expiry(now), Ok(credential.expires_at));
-                        prop_assert_eq!(next.credentials.len(), before.credentials.len() + 1);
-                    }
-                    // Uses only while live.
-                    if matches!(event, Event::Used { .. }) {
-                        prop_assert!(live_before, "use counted while not live at {now}");
-                    }
-                    // (d) Every change of state is audited.
-                    check_state_change_audited(before.state, next.state, &fx)?;
-                    // Ending asks for revocation of every credential not yet revoked.
-                    if before.state != State::Ended && next.state == State::Ended {
-                        let revoked = revoked_ids(&fx);
-                        for id in &unrevoked_before {
-                            prop_assert!(revoked.contains(id), "{id} not revoked on end");
-                        }
-                        prop_assert_eq!(next.ended_at, Some(now));
-                    }
-                    s = next;
+                Ok((after, fx)) => {
+                    check_step(&before, &event, now, &after, &fx)?;
+                    s = after;
                 }
-            }
-            if s.state.is_final() && final_state.is_none() {
-                final_state = Some(s.state);
             }
             check_session(&s)?;
         }

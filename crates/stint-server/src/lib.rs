@@ -1,1 +1,162 @@
-#![doc = "stub"]
+//! The stint service: HTTP API, scheduler, credential providers, metrics.
+//!
+//! [`run`] is `stint server`; [`api::router`] builds the application so tests can drive it
+//! in-process.
+
+pub mod api;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod extract;
+pub mod keys;
+pub mod live;
+pub mod metrics;
+pub mod scheduler;
+pub mod service;
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use stint_core::SystemClock;
+use stint_store::SqliteStore;
+
+pub use config::{Config, Overrides};
+pub use directory::new_api_key;
+pub use service::Service;
+
+/// Options of `stint server`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--listen` / `--data-dir`.
+    pub overrides: Overrides,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STINT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn write_admin_key(path: &Path, key: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing `{}`", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    writeln!(f, "{key}")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Runs `stint server` until SIGTERM or Ctrl-C.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    init_logging();
+    let cfg = Config::load(opts.config.as_deref(), &opts.overrides)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir `{}`", cfg.data_dir.display()))?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let store = SqliteStore::open(&cfg.data_dir.join("stint.db"))
+        .await
+        .context("opening the store")?;
+    let keys = keys::KeyRing::open(&cfg.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let issuer = cfg.issuer.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let _ = metrics::handle();
+    let svc = Arc::new(Service::new(
+        Arc::new(store.clone()),
+        Arc::new(SystemClock),
+        cfg.clone(),
+        issuer,
+        keys,
+    ));
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+    let app = api::router(svc.clone());
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|v| *v).await;
+            })
+            .await
+    });
+
+    // Fail closed: nothing but health answers until every overdue session is ended.
+    let bootstrap = std::env::var("STINT_BOOTSTRAP_ADMIN_KEY").ok();
+    if let Some(key) = svc.recover(bootstrap).await? {
+        let path = cfg.data_dir.join("admin.key");
+        write_admin_key(&path, &key)?;
+        println!("admin API key written to {}", path.display());
+    }
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "ready");
+
+    let sched = tokio::spawn(scheduler_loop(svc.clone()));
+    let flusher = tokio::spawn(flush_loop(svc.clone()));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    sched.abort();
+    flusher.abort();
+    svc.flush_usage().await;
+    store.close().await;
+    Ok(())
+}
+
+async fn scheduler_loop(svc: Arc<Service>) {
+    loop {
+        let due = svc.scheduler.next_due(&*svc.clock).await;
+        for (id, _) in due {
+            if let Err(e) = svc.tick(&id).await {
+                if e.status.is_server_error() {
+                    tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
+                    svc.scheduler
+                        .set(&id, Some(svc.clock.now() + time::Duration::seconds(1)));
+                }
+            }
+        }
+    }
+}
+
+async fn flush_loop(svc: Arc<Service>) {
+    let mut every = tokio::time::interval(Duration::from_secs(svc.cfg.use_audit_interval_s));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        svc.flush_usage().await;
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

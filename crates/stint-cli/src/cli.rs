@@ -1,0 +1,466 @@
+//! Command-line definitions and the client commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::{Value, json};
+
+use crate::client::{Client, parse_duration};
+
+/// stint: session-bound access for non-human identities.
+#[derive(Debug, Parser)]
+#[command(name = "stint", version, about)]
+pub struct Cli {
+    /// Server address.
+    #[arg(long, global = true, env = "STINT_ADDR", default_value = "http://127.0.0.1:8300")]
+    addr: String,
+    /// API key.
+    #[arg(long, global = true, env = "STINT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (SQLite in ./stint-data by default).
+    Server {
+        /// Address to bind; `127.0.0.1:0` picks a free port.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a new random API key (e.g. for STINT_BOOTSTRAP_ADMIN_KEY).
+    Keygen,
+    /// Manage principals (admin).
+    #[command(subcommand)]
+    Principal(PrincipalCmd),
+    /// Manage targets.
+    #[command(subcommand)]
+    Target(TargetCmd),
+    /// Request a session.
+    Request(RequestArgs),
+    /// Approve a session.
+    Approve {
+        /// Session id.
+        id: String,
+        /// Comment.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deny a session.
+    Deny {
+        /// Session id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List sessions.
+    Sessions {
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Show one session.
+    Show {
+        /// Session id.
+        id: String,
+    },
+    /// Fetch a credential for an active session.
+    Creds {
+        /// Session id.
+        id: String,
+        /// Print only the access token.
+        #[arg(long)]
+        token_only: bool,
+    },
+    /// End a session (its credentials are revoked at once).
+    End {
+        /// Session id.
+        id: String,
+    },
+    /// Cancel a requested or scheduled session.
+    Cancel {
+        /// Session id.
+        id: String,
+    },
+    /// Reset a session's idle timer.
+    Heartbeat {
+        /// Session id.
+        id: String,
+    },
+    /// Show a session's evidence (its audit events).
+    Evidence {
+        /// Session id.
+        id: String,
+    },
+    /// The audit chain.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Run a command with access that lives exactly as long as it does.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PrincipalCmd {
+    /// Create a principal; prints its API key once.
+    Create {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// service, ci_job, agent, vendor, workload, resource_server, approver or admin.
+        #[arg(long)]
+        kind: String,
+        /// Group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// List principals.
+    List,
+    /// Offboard a principal: its key dies and its sessions end.
+    Delete {
+        /// Principal id.
+        id: String,
+    },
+    /// Replace a principal's API key.
+    RotateKey {
+        /// Principal id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TargetCmd {
+    /// Create a `jwt` target.
+    Create {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Longest session, e.g. 1h.
+        #[arg(long)]
+        max_ttl: String,
+        /// Longest token, e.g. 5m.
+        #[arg(long)]
+        token_ttl: Option<String>,
+        /// Group whose members may request (repeatable).
+        #[arg(long = "requester-group")]
+        requester_groups: Vec<String>,
+        /// Group whose members may approve (repeatable).
+        #[arg(long = "approver-group")]
+        approver_groups: Vec<String>,
+        /// Approvals needed.
+        #[arg(long, default_value_t = 0)]
+        approvals: u32,
+        /// Token audience (default: the name).
+        #[arg(long)]
+        audience: Option<String>,
+    },
+    /// List targets.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Verify the whole chain.
+    Verify,
+    /// List events.
+    List {
+        /// Events after this seq.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// What a session request needs.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Target name.
+    #[arg(long)]
+    pub target: String,
+    /// Lifetime, e.g. 15m.
+    #[arg(long)]
+    pub ttl: String,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+    /// Binding as KIND:REF, e.g. ticket:OT-4711.
+    #[arg(long)]
+    pub binding: Option<String>,
+    /// End after this long without heartbeat or use, e.g. 5m.
+    #[arg(long)]
+    pub idle: Option<String>,
+    /// End after this many uses.
+    #[arg(long)]
+    pub max_uses: Option<u64>,
+    /// Scheduled start (RFC 3339).
+    #[arg(long)]
+    pub not_before: Option<String>,
+}
+
+/// `stint exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Target name.
+    #[arg(long)]
+    pub target: String,
+    /// Lifetime, e.g. 15m.
+    #[arg(long)]
+    pub ttl: String,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+    /// Binding as KIND:REF (default: process:<pid>@<host>).
+    #[arg(long)]
+    pub binding: Option<String>,
+    /// Idle timeout; stint heartbeats at a third of it while the command runs.
+    #[arg(long, default_value = "60s")]
+    pub idle: String,
+    /// How long to wait for approval before giving up, e.g. 10m (default: the approval window).
+    #[arg(long)]
+    pub wait: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Builds the JSON body of a session request.
+pub fn request_body(
+    target: &str,
+    ttl: &str,
+    reason: &str,
+    binding: Option<&str>,
+    idle: Option<&str>,
+    max_uses: Option<u64>,
+    not_before: Option<&str>,
+) -> anyhow::Result<Value> {
+    let mut body = json!({
+        "target": target,
+        "ttl_s": parse_duration(ttl).context("--ttl")?,
+        "reason": reason,
+    });
+    if let Some(b) = binding {
+        let (kind, r) = b
+            .split_once(':')
+            .context("--binding must be KIND:REF, e.g. ticket:OT-4711")?;
+        body["binding"] = json!({"kind": kind, "ref": r});
+    }
+    if let Some(i) = idle {
+        body["idle_timeout_s"] = json!(parse_duration(i).context("--idle")?);
+    }
+    if let Some(m) = max_uses {
+        body["max_uses"] = json!(m);
+    }
+    if let Some(nb) = not_before {
+        body["not_before"] = json!(nb);
+    }
+    Ok(body)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(headers.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    println!("{t}");
+}
+
+fn print_session(v: &Value, as_json: bool) {
+    if as_json {
+        print_json(v);
+        return;
+    }
+    println!("session   {}", s(&v["id"]));
+    println!("state     {}", s(&v["state"]));
+    println!("target    {}", s(&v["target"]));
+    println!("principal {}", s(&v["principal"]));
+    println!("reason    {}", s(&v["reason"]));
+    println!("expires   {}", s(&v["expires_at"]));
+    if !v["end_reason"].is_null() {
+        println!("ended     {} ({})", s(&v["ended_at"]), s(&v["end_reason"]));
+    }
+    let approvals = v["approvals"].as_array().map_or(0, Vec::len);
+    println!("approvals {approvals}/{}", s(&v["approvals_required"]));
+}
+
+/// Runs a parsed command.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = || Client::new(&cli.addr, cli.token.clone());
+    match cli.cmd {
+        Command::Server { listen, data_dir, config } => {
+            stint_server::run(stint_server::RunOptions {
+                config,
+                overrides: stint_server::Overrides { listen, data_dir },
+            })
+            .await?;
+        }
+        Command::Keygen => println!("{}", stint_server::new_api_key()?),
+        Command::Principal(p) => {
+            let c = client()?;
+            match p {
+                PrincipalCmd::Create { name, kind, groups } => {
+                    let v = c
+                        .post("/v1/principals", json!({"name": name, "kind": kind, "groups": groups}))
+                        .await?;
+                    if cli.json {
+                        print_json(&v);
+                    } else {
+                        println!("principal {} ({}) created: {}", s(&v["name"]), s(&v["kind"]), s(&v["id"]));
+                        println!("API key (shown once, store it now): {}", s(&v["api_key"]));
+                    }
+                }
+                PrincipalCmd::List => {
+                    let v = c.get("/v1/principals?limit=1000").await?;
+                    if cli.json {
+                        print_json(&v);
+                    } else {
+                        let rows = v["items"].as_array().cloned().unwrap_or_default().iter().map(|p| {
+                            vec![s(&p["id"]), s(&p["name"]), s(&p["kind"]),
+                                 p["groups"].as_array().map(|g| g.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                                 if p["deleted_at"].is_null() { "active".into() } else { "offboarded".into() }]
+                        }).collect();
+                        table(&["id", "name", "kind", "groups", "status"], rows);
+                    }
+                }
+                PrincipalCmd::Delete { id } => {
+                    let v = c.delete(&format!("/v1/principals/{id}")).await?;
+                    if cli.json { print_json(&v) } else { println!("principal {} offboarded", s(&v["id"])) }
+                }
+                PrincipalCmd::RotateKey { id } => {
+                    let v = c.post(&format!("/v1/principals/{id}/rotate-key"), json!({})).await?;
+                    if cli.json { print_json(&v) } else { println!("new API key (shown once): {}", s(&v["api_key"])) }
+                }
+            }
+        }
+        Command::Target(t) => {
+            let c = client()?;
+            match t {
+                TargetCmd::Create { name, max_ttl, token_ttl, requester_groups, approver_groups, approvals, audience } => {
+                    let mut body = json!({
+                        "name": name, "kind": "jwt",
+                        "max_ttl_s": parse_duration(&max_ttl).context("--max-ttl")?,
+                        "requester_groups": requester_groups, "approver_groups": approver_groups,
+                        "approvals_required": approvals,
+                    });
+                    if let Some(tt) = token_ttl {
+                        body["token_ttl_s"] = json!(parse_duration(&tt).context("--token-ttl")?);
+                    }
+                    if let Some(a) = audience {
+                        body["config"] = json!({"audience": a});
+                    }
+                    let v = c.post("/v1/targets", body).await?;
+                    if cli.json { print_json(&v) } else { println!("target {} created", s(&v["name"])) }
+                }
+                TargetCmd::List => {
+                    let v = c.get("/v1/targets?limit=1000").await?;
+                    if cli.json {
+                        print_json(&v);
+                    } else {
+                        let rows = v["items"].as_array().cloned().unwrap_or_default().iter().map(|t| {
+                            vec![s(&t["name"]), s(&t["kind"]), s(&t["max_ttl_s"]), s(&t["token_ttl_s"]), s(&t["approvals_required"])]
+                        }).collect();
+                        table(&["name", "kind", "max_ttl_s", "token_ttl_s", "approvals"], rows);
+                    }
+                }
+            }
+        }
+        Command::Request(r) => {
+            let body = request_body(&r.target, &r.ttl, &r.reason, r.binding.as_deref(), r.idle.as_deref(), r.max_uses, r.not_before.as_deref())?;
+            let v = client()?.post("/v1/sessions", body).await?;
+            print_session(&v, cli.json);
+        }
+        Command::Approve { id, comment } => {
+            let v = client()?.post(&format!("/v1/sessions/{id}/approve"), json!({"comment": comment})).await?;
+            print_session(&v, cli.json);
+        }
+        Command::Deny { id, reason } => {
+            let v = client()?.post(&format!("/v1/sessions/{id}/deny"), json!({"reason": reason})).await?;
+            print_session(&v, cli.json);
+        }
+        Command::Sessions { state, target } => {
+            let mut q = vec!["limit=1000".to_owned()];
+            if let Some(st) = state { q.push(format!("state={st}")); }
+            if let Some(t) = target { q.push(format!("target={t}")); }
+            let v = client()?.get(&format!("/v1/sessions?{}", q.join("&"))).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                let rows = v["items"].as_array().cloned().unwrap_or_default().iter().map(|x| {
+                    vec![s(&x["id"]), s(&x["state"]), s(&x["target"]), s(&x["principal"]), s(&x["expires_at"]), s(&x["end_reason"]), s(&x["reason"])]
+                }).collect();
+                table(&["id", "state", "target", "principal", "expires_at", "end_reason", "reason"], rows);
+            }
+        }
+        Command::Show { id } => {
+            let v = client()?.get(&format!("/v1/sessions/{id}")).await?;
+            print_session(&v, cli.json);
+        }
+        Command::Creds { id, token_only } => {
+            let v = client()?.post(&format!("/v1/sessions/{id}/credentials"), json!({})).await?;
+            if token_only { println!("{}", s(&v["access_token"])) } else { print_json(&v) }
+        }
+        Command::End { id } => {
+            let v = client()?.post(&format!("/v1/sessions/{id}/end"), json!({})).await?;
+            print_session(&v, cli.json);
+        }
+        Command::Cancel { id } => {
+            let v = client()?.post(&format!("/v1/sessions/{id}/cancel"), json!({})).await?;
+            print_session(&v, cli.json);
+        }
+        Command::Heartbeat { id } => {
+            client()?.post(&format!("/v1/sessions/{id}/heartbeat"), json!({})).await?;
+        }
+        Command::Evidence { id } => print_json(&client()?.get(&format!("/v1/sessions/{id}/evidence")).await?),
+        Command::Audit(a) => {
+            let c = client()?;
+            match a {
+                AuditCmd::Verify => {
+                    let v = c.get("/v1/audit/verify").await?;
+                    if cli.json {
+                        print_json(&v);
+                    } else if v["ok"].as_bool() == Some(true) {
+                        println!("audit chain OK: {} events, head {}", s(&v["events"]), s(&v["head_hash"]));
+                    } else {
+                        println!("audit chain BROKEN at seq {}: {}", s(&v["first_bad_seq"]), s(&v["problem"]));
+                    }
+                    if v["ok"].as_bool() != Some(true) {
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+                AuditCmd::List { after, limit } => print_json(&c.get(&format!("/v1/audit?after_seq={after}&limit={limit}")).await?),
+            }
+        }
+        Command::Exec(e) => return crate::exec::run(client()?, e).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

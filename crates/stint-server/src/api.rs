@@ -1,0 +1,543 @@
+//! HTTP handlers, the router and the OpenAPI document.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use stint_proto::{
+    ApiKey, ApproveRequest, AuditEvent, AuditVerification, CreatePrincipal, CreateSession,
+    CreateTarget, DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection,
+    JwtCredential, KeyRotated, List, Principal, PrincipalCreated, PrincipalKind, Problem,
+    SessionView, Target,
+};
+use stint_store::{PrincipalRecord, SessionFilter};
+use utoipa::OpenApi;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Auth, Body, OAuthAuth, OAuthError, OAuthForm, OptionalBody, Params};
+use crate::metrics as m;
+use crate::service::{PatchTarget, Service, is_admin};
+
+type Svc = State<Arc<Service>>;
+
+/// Builds the whole application.
+pub fn router(svc: Arc<Service>) -> Router {
+    let limit = svc.cfg.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(as_metadata))
+        .route("/v1/principals", post(create_principal).get(list_principals))
+        .route("/v1/principals/{id}", get(get_principal).delete(delete_principal))
+        .route("/v1/principals/{id}/rotate-key", post(rotate_key))
+        .route("/v1/targets", post(create_target).get(list_targets))
+        .route("/v1/targets/{name}", get(get_target).patch(patch_target).delete(delete_target))
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/{id}", get(get_session))
+        .route("/v1/sessions/{id}/approve", post(approve))
+        .route("/v1/sessions/{id}/deny", post(deny))
+        .route("/v1/sessions/{id}/cancel", post(cancel))
+        .route("/v1/sessions/{id}/end", post(end))
+        .route("/v1/sessions/{id}/heartbeat", post(heartbeat))
+        .route("/v1/sessions/{id}/credentials", post(credentials))
+        .route("/v1/sessions/{id}/evidence", get(evidence))
+        .route("/v1/audit", get(audit))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/keys/rotate", post(rotate_keys))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(svc.clone(), gate))
+        .with_state(svc)
+}
+
+/// Until start-up recovery finished, only health and metrics answer (fail closed). Also counts
+/// requests by matched route.
+async fn gate(State(svc): Svc, req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let resp = if !open && !svc.ready.load(Ordering::Acquire) {
+        ApiError::not_ready().into_response()
+    } else {
+        next.run(req).await
+    };
+    if path != "/oauth2/introspect" {
+        let status = resp.status().as_u16().to_string();
+        metrics::counter!(m::HTTP_REQUESTS, "path" => path, "status" => status).increment(1);
+    }
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+/// List query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size (default 100, at most 1000).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Session list query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SessionQuery {
+    /// Page size (default 100, at most 1000).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only this state.
+    state: Option<String>,
+    /// Only this principal id.
+    principal: Option<String>,
+    /// Only this target.
+    target: Option<String>,
+}
+
+/// Audit query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Events after this seq (default 0).
+    after_seq: Option<i64>,
+    /// Page size (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+fn page_limit(l: Option<u32>) -> ApiResult<u32> {
+    match l.unwrap_or(100) {
+        0 => Err(ApiError::invalid("`limit` must be between 1 and 1000")),
+        n if n > 1000 => Err(ApiError::invalid("`limit` must be between 1 and 1000")),
+        n => Ok(n),
+    }
+}
+
+fn principal_view(p: &PrincipalRecord) -> Principal {
+    Principal {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        kind: PrincipalKind::parse(&p.kind).unwrap_or(PrincipalKind::Service),
+        groups: p.groups.clone(),
+        created_at: p.created_at,
+        deleted_at: p.deleted_at,
+    }
+}
+
+fn next_cursor<T>(items: &[T], limit: u32, key: impl Fn(&T) -> String) -> Option<String> {
+    (items.len() == limit as usize).then(|| items.last().map(key)).flatten()
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn readyz(State(svc): Svc) -> (StatusCode, Json<Health>) {
+    if svc.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, Json(Health { status: "ok".into() }))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "starting".into() }))
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics_text(State(svc): Svc) -> Response {
+    metrics::gauge!(m::SESSIONS_ACTIVE).set(svc.live.active_count() as f64);
+    let body = m::handle().render();
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "This document")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "discovery",
+    responses((status = 200, description = "JWKS of the token signing keys")))]
+async fn jwks(State(svc): Svc) -> Response {
+    let set = svc.keys.jwks(svc.clock.now());
+    let mut resp = Json(set).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    resp
+}
+
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "discovery",
+    responses((status = 200, description = "RFC 8414 metadata")))]
+async fn as_metadata(State(svc): Svc) -> Json<serde_json::Value> {
+    let iss = &svc.issuer;
+    Json(serde_json::json!({
+        "issuer": iss,
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "token_endpoint": format!("{iss}/oauth2/token"),
+        "introspection_endpoint": format!("{iss}/oauth2/introspect"),
+        "revocation_endpoint": format!("{iss}/oauth2/revoke"),
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "revocation_endpoint_auth_methods_supported": ["bearer"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+        "response_types_supported": [],
+        "scopes_supported": [],
+        "access_token_signing_alg_values_supported": ["EdDSA"],
+    }))
+}
+
+// ----- principals ------------------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/principals", tag = "principals", request_body = CreatePrincipal,
+    responses((status = 201, body = PrincipalCreated), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn create_principal(State(svc): Svc, Auth(c): Auth, Body(req): Body<CreatePrincipal>) -> ApiResult<(StatusCode, Json<PrincipalCreated>)> {
+    let (p, api_key) = svc.create_principal(&c, req).await?;
+    Ok((StatusCode::CREATED, Json(PrincipalCreated { principal: principal_view(&p), api_key })))
+}
+
+#[utoipa::path(get, path = "/v1/principals", tag = "principals", params(ListQuery),
+    responses((status = 200, body = List<Principal>), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn list_principals(State(svc): Svc, Auth(c): Auth, Params(q): Params<ListQuery>) -> ApiResult<Json<List<Principal>>> {
+    let limit = page_limit(q.limit)?;
+    let items = svc.principals(&c, q.cursor.as_deref(), limit).await?;
+    Ok(Json(List {
+        next_cursor: next_cursor(&items, limit, |p| p.id.clone()),
+        items: items.iter().map(principal_view).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/principals/{id}", tag = "principals",
+    responses((status = 200, body = Principal), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("api_key" = [])))]
+async fn get_principal(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<Principal>> {
+    Ok(Json(principal_view(&svc.principal(&c, &id).await?)))
+}
+
+#[utoipa::path(delete, path = "/v1/principals/{id}", tag = "principals",
+    description = "Offboarding: the key stops working at once, active sessions end (`offboarded`), pending ones are canceled.",
+    responses((status = 200, body = Principal), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn delete_principal(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<Principal>> {
+    Ok(Json(principal_view(&svc.offboard(&c, &id).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/principals/{id}/rotate-key", tag = "principals",
+    responses((status = 200, body = ApiKey), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("api_key" = [])))]
+async fn rotate_key(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<ApiKey>> {
+    Ok(Json(ApiKey { api_key: svc.rotate_key(&c, &id).await? }))
+}
+
+// ----- targets ---------------------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/targets", tag = "targets", request_body = CreateTarget,
+    responses((status = 201, body = Target), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn create_target(State(svc): Svc, Auth(c): Auth, Body(req): Body<CreateTarget>) -> ApiResult<(StatusCode, Json<Target>)> {
+    Ok((StatusCode::CREATED, Json(svc.create_target(&c, req).await?.view())))
+}
+
+#[utoipa::path(get, path = "/v1/targets", tag = "targets", params(ListQuery),
+    responses((status = 200, body = List<Target>), (status = 401, body = Problem)),
+    security(("api_key" = [])))]
+async fn list_targets(State(svc): Svc, Auth(_c): Auth, Params(q): Params<ListQuery>) -> ApiResult<Json<List<Target>>> {
+    let limit = page_limit(q.limit)?;
+    let items = svc.targets(q.cursor.as_deref(), limit).await?;
+    Ok(Json(List {
+        next_cursor: next_cursor(&items, limit, |t| t.name.clone()),
+        items: items.iter().map(|t| t.view()).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/targets/{name}", tag = "targets",
+    responses((status = 200, body = Target), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("api_key" = [])))]
+async fn get_target(State(svc): Svc, Auth(_c): Auth, Path(name): Path<String>) -> ApiResult<Json<Target>> {
+    Ok(Json(svc.target(&name).await?.view()))
+}
+
+#[utoipa::path(patch, path = "/v1/targets/{name}", tag = "targets", request_body = PatchTarget,
+    responses((status = 200, body = Target), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn patch_target(State(svc): Svc, Auth(c): Auth, Path(name): Path<String>, Body(p): Body<PatchTarget>) -> ApiResult<Json<Target>> {
+    Ok(Json(svc.patch_target(&c, &name, p).await?.view()))
+}
+
+#[utoipa::path(delete, path = "/v1/targets/{name}", tag = "targets",
+    description = "Deletes the target and ends all its sessions (reason `revoked`).",
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("api_key" = [])))]
+async fn delete_target(State(svc): Svc, Auth(c): Auth, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    svc.delete_target(&c, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- sessions --------------------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = CreateSession,
+    responses((status = 201, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn create_session(State(svc): Svc, Auth(c): Auth, Body(req): Body<CreateSession>) -> ApiResult<(StatusCode, Json<SessionView>)> {
+    let s = svc.request(&c, req).await?;
+    Ok((StatusCode::CREATED, Json(SessionView::from(&s))))
+}
+
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(SessionQuery),
+    responses((status = 200, body = List<SessionView>), (status = 401, body = Problem), (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn list_sessions(State(svc): Svc, Auth(c): Auth, Params(q): Params<SessionQuery>) -> ApiResult<Json<List<SessionView>>> {
+    let limit = page_limit(q.limit)?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            stint_core::State::parse(s).ok_or_else(|| ApiError::invalid(format!("unknown state `{}`", s.chars().take(32).collect::<String>())))?,
+        ),
+    };
+    let (items, next) = svc
+        .sessions(&c, SessionFilter { state, principal: q.principal, target: q.target, after: q.cursor, limit })
+        .await?;
+    Ok(Json(List { items: items.iter().map(SessionView::from).collect(), next_cursor: next }))
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+    responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("api_key" = [])))]
+async fn get_session(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+    Ok(Json(SessionView::from(&svc.session(&c, &id).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/approve", tag = "sessions", request_body = ApproveRequest,
+    responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn approve(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, OptionalBody(b): OptionalBody<ApproveRequest>) -> ApiResult<Json<SessionView>> {
+    Ok(Json(SessionView::from(&svc.approve(&c, &id, b.comment).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/deny", tag = "sessions", request_body = DenyRequest,
+    responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn deny(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, Body(b): Body<DenyRequest>) -> ApiResult<Json<SessionView>> {
+    Ok(Json(SessionView::from(&svc.deny(&c, &id, b.reason).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/cancel", tag = "sessions",
+    responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn cancel(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+    Ok(Json(SessionView::from(&svc.cancel(&c, &id).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/end", tag = "sessions", request_body = EndRequest,
+    responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn end(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, OptionalBody(b): OptionalBody<EndRequest>) -> ApiResult<Json<SessionView>> {
+    Ok(Json(SessionView::from(&svc.end(&c, &id, b.reason).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat", tag = "sessions",
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn heartbeat(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    svc.heartbeat(&c, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/credentials", tag = "sessions",
+    responses((status = 201, body = JwtCredential), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn credentials(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, OptionalBody(_b): OptionalBody<serde_json::Value>) -> ApiResult<(StatusCode, Json<JwtCredential>)> {
+    let issued = svc.issue_jwt(&c, &id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(JwtCredential {
+            id: issued.id.to_string(),
+            kind: "jwt".into(),
+            access_token: issued.token,
+            token_type: "Bearer".into(),
+            expires_at: issued.expires_at,
+        }),
+    ))
+}
+
+fn audit_view(r: &stint_core::AuditRecord) -> AuditEvent {
+    AuditEvent {
+        seq: r.seq,
+        at: r.at.clone(),
+        actor: r.actor.clone(),
+        action: r.action.clone(),
+        session: r.session.clone(),
+        details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::Null),
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{id}/evidence", tag = "sessions",
+    responses((status = 200, body = Evidence), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("api_key" = [])))]
+async fn evidence(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<Evidence>> {
+    let (s, events, chain) = svc.evidence(&c, &id).await?;
+    Ok(Json(Evidence {
+        session: SessionView::from(&s),
+        chain: EvidenceChain {
+            first_seq: events.first().map(|e| e.seq),
+            last_seq: events.last().map(|e| e.seq),
+            head_hash: chain.head_hash.clone(),
+            verified: chain.ok,
+        },
+        events: events.iter().map(audit_view).collect(),
+    }))
+}
+
+// ----- audit and keys --------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = List<AuditEvent>), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn audit(State(svc): Svc, Auth(c): Auth, Params(q): Params<AuditQuery>) -> ApiResult<Json<List<AuditEvent>>> {
+    if !is_admin(&c) {
+        return Err(ApiError::forbidden("this needs an admin"));
+    }
+    let limit = page_limit(q.limit)?;
+    let items = svc.store.audit(q.after_seq.unwrap_or(0).max(0), limit).await?;
+    Ok(Json(List {
+        next_cursor: next_cursor(&items, limit, |r| r.seq.to_string()),
+        items: items.iter().map(audit_view).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = AuditVerification), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn audit_verify(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<AuditVerification>> {
+    if !is_admin(&c) {
+        return Err(ApiError::forbidden("this needs an admin"));
+    }
+    let v = svc.store.verify_audit().await?;
+    metrics::gauge!(m::AUDIT_CHAIN_OK).set(if v.ok { 1.0 } else { 0.0 });
+    if !v.ok {
+        tracing::error!(first_bad_seq = ?v.first_bad_seq, "audit chain does not verify");
+    }
+    Ok(Json(AuditVerification {
+        ok: v.ok,
+        events: v.events,
+        head_hash: v.head_hash,
+        first_bad_seq: v.first_bad_seq,
+        problem: v.problem,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/keys/rotate", tag = "keys",
+    responses((status = 200, body = KeyRotated), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn rotate_keys(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<KeyRotated>> {
+    let (kid, published) = svc.rotate_signing_key(&c).await?;
+    Ok(Json(KeyRotated { kid, published }))
+}
+
+// ----- OAuth -----------------------------------------------------------------------------------
+
+/// RFC 7662 / RFC 7009 form.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TokenForm {
+    /// The token.
+    token: String,
+    /// Optional hint (ignored).
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+}
+
+#[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    description = "RFC 7662. Callers: `resource_server` principals and admins. Each active answer counts as one use.",
+    responses((status = 200, body = Introspection), (status = 400, description = "invalid_request"),
+              (status = 401, description = "invalid_client"), (status = 403, description = "unauthorized_client")),
+    security(("api_key" = [])))]
+async fn introspect(State(svc): Svc, OAuthAuth(c): OAuthAuth, OAuthForm(f): OAuthForm<TokenForm>) -> Result<Json<Introspection>, OAuthError> {
+    if !is_admin(&c) && c.kind != PrincipalKind::ResourceServer.as_str() {
+        return Err(ApiError::forbidden("introspection is open to resource servers and admins only").into());
+    }
+    Ok(Json(svc.introspect(&c, &f.token).await))
+}
+
+#[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    description = "RFC 7009. Callers: a `resource_server`, the token's own principal, or an admin. 200 for any well-formed request.",
+    responses((status = 200), (status = 400, description = "invalid_request"), (status = 401, description = "invalid_client"),
+              (status = 403, description = "unauthorized_client")),
+    security(("api_key" = [])))]
+async fn revoke(State(svc): Svc, OAuthAuth(c): OAuthAuth, OAuthForm(f): OAuthForm<TokenForm>) -> Result<StatusCode, OAuthError> {
+    svc.revoke_token(&c, &f.token).await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The OpenAPI document, generated from the handlers.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "stint", description = "Session-bound access broker for non-human identities"),
+    modifiers(&BearerAuth),
+    paths(
+        healthz, readyz, metrics_text, openapi, jwks, as_metadata,
+        create_principal, list_principals, get_principal, delete_principal, rotate_key,
+        create_target, list_targets, get_target, patch_target, delete_target,
+        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, evidence,
+        audit, audit_verify, rotate_keys, introspect, revoke,
+    ),
+    components(schemas(Problem, Health, TokenForm))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,96 @@
+//! Server configuration: defaults, then `stint.toml`, then `STINT_…` environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `stint server` can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to bind. Loopback by default.
+    pub listen: SocketAddr,
+    /// Where the database, signing keys and the bootstrap admin key live.
+    pub data_dir: PathBuf,
+    /// The `iss` of issued tokens; defaults to `http://<listen address>`.
+    pub issuer: Option<String>,
+    /// How long a request may wait for its approvals before it expires.
+    pub approval_window_s: u64,
+    /// How often aggregated uses are written to the audit chain, per session.
+    pub use_audit_interval_s: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Default `token_ttl_s` for targets that do not set one.
+    pub default_token_ttl_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8300)),
+            data_dir: PathBuf::from("./stint-data"),
+            issuer: None,
+            approval_window_s: 3600,
+            use_audit_interval_s: 30,
+            max_body_bytes: 64 * 1024,
+            default_token_ttl_s: 300,
+        }
+    }
+}
+
+/// Command-line overrides (they win over file and environment).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the configuration. A missing `config` file is an error only when it was named.
+    pub fn load(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match config {
+            Some(p) if !p.exists() => anyhow::bail!("config file `{}` does not exist", p.display()),
+            Some(p) => fig = fig.merge(Toml::file(p)),
+            None => fig = fig.merge(Toml::file("stint.toml")),
+        }
+        fig = fig
+            .merge(Env::prefixed("STINT_").only(&[
+                "listen",
+                "data_dir",
+                "issuer",
+                "approval_window_s",
+                "use_audit_interval_s",
+                "max_body_bytes",
+                "default_token_ttl_s",
+            ]))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("bad configuration: {e}"))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let max = stint_core::session::MAX_DURATION_S;
+        if self.approval_window_s == 0 || self.approval_window_s > max {
+            anyhow::bail!("approval_window_s must be between 1 and {max}");
+        }
+        if self.use_audit_interval_s == 0 {
+            anyhow::bail!("use_audit_interval_s must be at least 1");
+        }
+        if self.max_body_bytes < 1024 {
+            anyhow::bail!("max_body_bytes must be at least 1024");
+        }
+        if self.default_token_ttl_s == 0 {
+            anyhow::bail!("default_token_ttl_s must be at least 1");
+        }
+        Ok(())
+    }
+}

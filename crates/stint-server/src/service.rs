@@ -1,0 +1,1382 @@
+//! The service layer: loads a session, runs the pure transition, persists the new state and its audit
+//! events in one transaction, then carries out the effects. Handlers call only this.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use stint_core::{
+    Actor, Binding, BindingKind, Clock, Credential, CredentialId, CredentialKind, Effect, EndReason,
+    Event, NewSession, PendingAudit, PrincipalId, Revocation, Session, SessionId, State,
+};
+use stint_proto::{CreatePrincipal, CreateSession, CreateTarget, Introspection, PrincipalKind, TargetKind};
+use stint_store::{
+    Batch, PrincipalRecord, PrincipalWrite, SessionFilter, SessionWrite, Store, TargetRecord,
+    TargetWrite, Versioned,
+};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::config::Config;
+use crate::directory::{Directory, key_hash, new_api_key};
+use crate::error::{ApiError, ApiResult};
+use crate::keys::KeyRing;
+use crate::live::{LiveIndex, TokenEntry, TokenHash, Usage, handle_to_hash};
+use crate::metrics as m;
+use crate::scheduler::Scheduler;
+
+/// Lock stripes serializing changes to one session on this node.
+const STRIPES: usize = 256;
+
+/// Longest accepted free-text field.
+pub const MAX_TEXT: usize = 1000;
+
+/// A target as stored (its `secret` part is never returned).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetDoc {
+    /// Unique name.
+    pub name: String,
+    /// Kind.
+    pub kind: TargetKind,
+    /// Longest session.
+    pub max_ttl_s: u64,
+    /// Longest credential.
+    pub token_ttl_s: u64,
+    /// Who may request.
+    pub requester_groups: Vec<String>,
+    /// Who may approve.
+    pub approver_groups: Vec<String>,
+    /// Approvals needed.
+    pub approvals_required: u32,
+    /// Label.
+    pub environment: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Required binding kind.
+    pub require_binding: Option<BindingKind>,
+    /// Non-secret settings.
+    pub config: serde_json::Value,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl TargetDoc {
+    /// The `aud` of this target's tokens.
+    pub fn audience(&self) -> String {
+        self.config
+            .get("audience")
+            .and_then(|a| a.as_str())
+            .map_or_else(|| self.name.clone(), str::to_owned)
+    }
+
+    /// The wire form.
+    pub fn view(&self) -> stint_proto::Target {
+        stint_proto::Target {
+            name: self.name.clone(),
+            kind: self.kind,
+            max_ttl_s: self.max_ttl_s,
+            token_ttl_s: self.token_ttl_s,
+            requester_groups: self.requester_groups.clone(),
+            approver_groups: self.approver_groups.clone(),
+            approvals_required: self.approvals_required,
+            environment: self.environment.clone(),
+            tags: self.tags.clone(),
+            require_binding: self.require_binding,
+            config: self.config.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// `PATCH /v1/targets/{name}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTarget {
+    /// New cap on session length (live sessions keep their deadline unless it is later than allowed).
+    pub max_ttl_s: Option<u64>,
+    /// New cap on credential length.
+    pub token_ttl_s: Option<u64>,
+    /// New requester groups.
+    pub requester_groups: Option<Vec<String>>,
+    /// New approver groups.
+    pub approver_groups: Option<Vec<String>>,
+    /// New approval count.
+    pub approvals_required: Option<u32>,
+}
+
+/// An authenticated caller.
+pub type Caller = Arc<PrincipalRecord>;
+
+/// True for the admin kind.
+pub fn is_admin(c: &PrincipalRecord) -> bool {
+    c.kind == PrincipalKind::Admin.as_str()
+}
+
+fn intersects(a: &[String], b: &[String]) -> bool {
+    a.iter().any(|g| b.contains(g))
+}
+
+fn new_u128() -> u128 {
+    uuid::Uuid::now_v7().as_u128()
+}
+
+fn check_name(what: &str, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} must be 1 to 64 characters of a-z, A-Z, 0-9, `.`, `_` or `-`"
+        )))
+    }
+}
+
+fn check_groups(groups: &[String]) -> ApiResult<()> {
+    if groups.len() > 64 {
+        return Err(ApiError::invalid("at most 64 groups"));
+    }
+    groups.iter().try_for_each(|g| check_name("a group name", g))
+}
+
+fn check_text(what: &str, s: &str, required: bool) -> ApiResult<()> {
+    if required && s.trim().is_empty() {
+        return Err(ApiError::invalid(format!("`{what}` must not be empty")));
+    }
+    if s.chars().count() > MAX_TEXT {
+        return Err(ApiError::invalid(format!("`{what}` is longer than {MAX_TEXT} characters")));
+    }
+    Ok(())
+}
+
+/// RFC 9068 access-token claims.
+#[derive(Debug, Serialize)]
+struct AccessClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: i64,
+    iat: i64,
+    nbf: i64,
+    jti: &'a str,
+    client_id: &'a str,
+    scope: &'a str,
+    sid: &'a str,
+}
+
+/// What a credential request returns.
+#[derive(Debug)]
+pub struct IssuedJwt {
+    /// Its id.
+    pub id: CredentialId,
+    /// The token.
+    pub token: String,
+    /// Its expiry.
+    pub expires_at: OffsetDateTime,
+}
+
+/// The service.
+#[derive(Debug)]
+pub struct Service {
+    /// Source of truth.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Settings.
+    pub cfg: Config,
+    /// Token issuer (`iss`).
+    pub issuer: String,
+    /// Signing keys.
+    pub keys: KeyRing,
+    /// Hot-path index.
+    pub live: LiveIndex,
+    /// Timers.
+    pub scheduler: Scheduler,
+    /// API keys.
+    pub directory: Directory,
+    /// True once start-up recovery finished.
+    pub ready: AtomicBool,
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Service {
+    /// A service over `store`. Call [`Service::recover`] before serving.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        cfg: Config,
+        issuer: String,
+        keys: KeyRing,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            cfg,
+            issuer,
+            keys,
+            live: LiveIndex::default(),
+            scheduler: Scheduler::default(),
+            directory: Directory::default(),
+            ready: AtomicBool::new(false),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    fn stripe(&self, id: &SessionId) -> usize {
+        let h = Sha256::digest(id.as_str().as_bytes());
+        usize::from(h[0]) % STRIPES
+    }
+
+    async fn lock(&self, id: &SessionId) -> MutexGuard<'_, ()> {
+        self.stripes[self.stripe(id)].lock().await
+    }
+
+    async fn lock_many(&self, ids: &[SessionId]) -> Vec<MutexGuard<'_, ()>> {
+        let set: BTreeSet<usize> = ids.iter().map(|i| self.stripe(i)).collect();
+        let mut guards = Vec::with_capacity(set.len());
+        for i in set {
+            guards.push(self.stripes[i].lock().await);
+        }
+        guards
+    }
+
+    // ----- start-up -------------------------------------------------------------------------
+
+    /// Loads principals, ends what expired while the server was down (fail closed), rebuilds the
+    /// introspection index and the timers, then marks the service ready.
+    pub async fn recover(&self, bootstrap_key: Option<String>) -> anyhow::Result<Option<String>> {
+        let written_key = self.bootstrap_admin(bootstrap_key).await?;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.principals(after.as_deref(), 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for p in page {
+                self.directory.upsert(p);
+            }
+        }
+        let v = self.store.verify_audit().await?;
+        if !v.ok {
+            tracing::error!(first_bad_seq = ?v.first_bad_seq, problem = ?v.problem, "audit chain does not verify");
+            metrics::gauge!(m::AUDIT_CHAIN_OK).set(0.0);
+        } else {
+            metrics::gauge!(m::AUDIT_CHAIN_OK).set(1.0);
+        }
+        let live = self.store.live_sessions().await?;
+        let (mut ended, mut kept) = (0usize, 0usize);
+        for v in live {
+            let id = v.session.id.clone();
+            let _g = self.lock(&id).await;
+            let now = self.clock.now();
+            let (s, fx) = v.session.apply(Event::Tick { activity: None }, now)?;
+            let s = self.finish(&v.session, v.version, s, fx, Batch::default(), now).await?;
+            if s.state == State::Active {
+                self.rebuild_tokens(&s, now).await?;
+                kept += 1;
+            } else if v.session.state == State::Active {
+                ended += 1;
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(ended_while_down = ended, active = kept, "recovery finished");
+        Ok(written_key)
+    }
+
+    async fn bootstrap_admin(&self, key: Option<String>) -> anyhow::Result<Option<String>> {
+        let existing = self.store.principals(None, 1000).await?;
+        if existing.iter().any(|p| p.name == "admin") {
+            return Ok(None);
+        }
+        let generated = key.is_none();
+        let key = match key {
+            Some(k) if crate::directory::well_formed(&k) => k,
+            Some(_) => anyhow::bail!(
+                "STINT_BOOTSTRAP_ADMIN_KEY must be `stint_` followed by 43 base64url characters \
+                 (make one with `stint keygen`)"
+            ),
+            None => new_api_key()?,
+        };
+        let now = self.clock.now();
+        let p = PrincipalRecord {
+            id: PrincipalId::from_u128(new_u128()).to_string(),
+            name: "admin".into(),
+            kind: PrincipalKind::Admin.as_str().into(),
+            groups: vec!["admins".into()],
+            key_hash: Some(key_hash(&key)),
+            created_at: now,
+            deleted_at: None,
+        };
+        self.store
+            .commit(Batch {
+                audit: vec![PendingAudit {
+                    at: now,
+                    actor: "system".into(),
+                    action: "principal.created".into(),
+                    session: None,
+                    details: json!({"principal": p.id, "name": "admin", "kind": "admin", "bootstrap": true}),
+                }],
+                principals: vec![PrincipalWrite::Insert(p)],
+                ..Default::default()
+            })
+            .await?;
+        Ok(generated.then_some(key))
+    }
+
+    async fn rebuild_tokens(&self, s: &Session, now: OffsetDateTime) -> anyhow::Result<()> {
+        let audience = match self.target_doc(&s.target).await {
+            Ok(t) => t.audience(),
+            Err(_) => s.target.clone(),
+        };
+        let Some(live) = self.live.session(&s.id) else { return Ok(()) };
+        for c in &s.credentials {
+            if c.kind != CredentialKind::Jwt || c.revocation != Revocation::None || c.expires_at <= now {
+                continue;
+            }
+            if let Some(h) = handle_to_hash(&c.handle) {
+                let entry = self.token_entry(s, c, &audience, live.clone());
+                // A restart does not repeat a first-use event that was already written.
+                entry.first_use_pending.store(false, Ordering::Release);
+                self.live.insert_token(h, entry);
+            }
+        }
+        Ok(())
+    }
+
+    fn token_entry(
+        &self,
+        s: &Session,
+        c: &Credential,
+        audience: &str,
+        live: Arc<crate::live::LiveSession>,
+    ) -> TokenEntry {
+        TokenEntry {
+            session: live,
+            jti: c.id.clone(),
+            exp_ms: i64::try_from(c.expires_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+            claims: Introspection {
+                active: true,
+                sub: Some(s.principal.to_string()),
+                aud: Some(audience.to_owned()),
+                sid: Some(s.id.to_string()),
+                scope: Some(scope_for(&s.target)),
+                exp: Some(c.expires_at.unix_timestamp()),
+                iat: Some(c.issued_at.unix_timestamp()),
+                jti: Some(c.id.to_string()),
+                iss: Some(self.issuer.clone()),
+                token_type: Some("Bearer".into()),
+            },
+            first_use_pending: AtomicBool::new(true),
+        }
+    }
+
+    // ----- the one path every session change takes --------------------------------------------
+
+    /// Persists a transition's result and carries out its effects. The caller holds the session's
+    /// lock. Returns the session as committed.
+    async fn finish(
+        &self,
+        old: &Session,
+        version: i64,
+        mut s: Session,
+        effects: Vec<Effect>,
+        mut extra: Batch,
+        now: OffsetDateTime,
+    ) -> ApiResult<Session> {
+        let mut audit = Vec::new();
+        let mut revokes = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Audit(a) => audit.push(a),
+                Effect::Revoke { credential, kind, handle } => revokes.push((credential, kind, handle)),
+            }
+        }
+        // Fail closed: kill in memory before the end is persisted.
+        if s.state.is_final() {
+            self.live.kill(&s.id);
+        }
+        for (credential, kind, handle) in revokes {
+            let event = match kind {
+                CredentialKind::Jwt => {
+                    if let Some(h) = handle_to_hash(&handle) {
+                        self.live.remove_token(&h);
+                    }
+                    Event::RevocationConfirmed { credential }
+                }
+                other => Event::RevocationFailed {
+                    credential,
+                    error: format!("no {} provider is configured", other.as_str()),
+                },
+            };
+            let (next, fx) = s.apply(event, now)?;
+            s = next;
+            audit.extend(fx.into_iter().filter_map(|e| match e {
+                Effect::Audit(a) => Some(a),
+                Effect::Revoke { .. } => None,
+            }));
+        }
+        if s == *old && audit.is_empty() && extra.is_empty() {
+            self.scheduler.set(&s.id, s.next_wake());
+            return Ok(s);
+        }
+        extra.sessions.push(SessionWrite {
+            session: s.clone(),
+            expected_version: Some(version),
+        });
+        extra.audit.splice(0..0, audit);
+        let records = self.store.commit(extra).await?;
+        m::audit_written(records.len());
+        self.after_commit(old, &s, now);
+        Ok(s)
+    }
+
+    fn after_commit(&self, old: &Session, s: &Session, now: OffsetDateTime) {
+        self.live.sync(s);
+        self.scheduler.set(&s.id, s.next_wake());
+        if old.state != s.state {
+            m::session_state_changed(old, s, now);
+        }
+        metrics::gauge!(m::SESSIONS_ACTIVE).set(self.live.active_count() as f64);
+    }
+
+    /// Loads a session under its lock, folds in uses not yet written, applies `events` (made by
+    /// `plan` from the loaded session), persists, and runs `on_commit` before releasing the lock.
+    async fn mutate<P, C, T>(
+        &self,
+        id: &SessionId,
+        plan: P,
+        on_commit: C,
+    ) -> ApiResult<(Session, T)>
+    where
+        P: FnOnce(&Session, OffsetDateTime) -> ApiResult<Vec<Event>>,
+        C: FnOnce(&Session) -> T,
+    {
+        let _g = self.lock(id).await;
+        let v = self.store.session(id).await?.ok_or_else(|| ApiError::not_found("session"))?;
+        let now = self.clock.now();
+        let events = plan(&v.session, now)?;
+        let (s, fx, usage) = self.apply_all(&v.session, events, now)?;
+        let s = self.finish(&v.session, v.version, s, fx, Batch::default(), now).await?;
+        if let (Some(u), Some(l)) = (usage, self.live.session(id)) {
+            l.usage_written(&u);
+        }
+        let out = on_commit(&s);
+        Ok((s, out))
+    }
+
+    fn apply_all(
+        &self,
+        start: &Session,
+        events: Vec<Event>,
+        now: OffsetDateTime,
+    ) -> ApiResult<(Session, Vec<Effect>, Option<Usage>)> {
+        let mut s = start.clone();
+        let mut fx = Vec::new();
+        let mut written = None;
+        if let Some(live) = self.live.session(&s.id) {
+            if let Some(u) = live.pending_usage() {
+                if let (Some(cred), Some(first), Some(last)) = (u.credential.clone(), u.first, u.last) {
+                    let ev = Event::Used {
+                        credential: cred,
+                        count: u.count,
+                        callers: u.callers.iter().cloned().collect(),
+                        first_at: first,
+                        last_at: last,
+                        first_use: false,
+                    };
+                    if let Ok((next, more)) = s.apply(ev, now) {
+                        s = next;
+                        fx.extend(more);
+                    }
+                    // Uses that can no longer be recorded (session gone) are dropped either way.
+                    written = Some(u);
+                }
+            }
+        }
+        for ev in events {
+            let (next, more) = s.apply(ev, now)?;
+            s = next;
+            fx.extend(more);
+        }
+        Ok((s, fx, written))
+    }
+
+    // ----- principals -------------------------------------------------------------------------
+
+    /// Creates a principal and returns it with its API key.
+    pub async fn create_principal(
+        &self,
+        caller: &Caller,
+        req: CreatePrincipal,
+    ) -> ApiResult<(PrincipalRecord, String)> {
+        require_admin(caller)?;
+        check_name("`name`", &req.name)?;
+        check_groups(&req.groups)?;
+        let key = new_api_key().map_err(|e| {
+            tracing::error!(error = %e, "key generation failed");
+            ApiError::internal()
+        })?;
+        let now = self.clock.now();
+        let p = PrincipalRecord {
+            id: PrincipalId::from_u128(new_u128()).to_string(),
+            name: req.name,
+            kind: req.kind.as_str().into(),
+            groups: req.groups,
+            key_hash: Some(key_hash(&key)),
+            created_at: now,
+            deleted_at: None,
+        };
+        self.store
+            .commit(Batch {
+                audit: vec![PendingAudit {
+                    at: now,
+                    actor: caller.id.clone(),
+                    action: "principal.created".into(),
+                    session: None,
+                    details: json!({"principal": p.id, "name": p.name, "kind": p.kind, "groups": p.groups}),
+                }],
+                principals: vec![PrincipalWrite::Insert(p.clone())],
+                ..Default::default()
+            })
+            .await?;
+        self.directory.upsert(p.clone());
+        Ok((p, key))
+    }
+
+    /// A principal visible to the caller (admins: all; others: themselves).
+    pub async fn principal(&self, caller: &Caller, id: &str) -> ApiResult<PrincipalRecord> {
+        if !is_admin(caller) && caller.id != id {
+            return Err(ApiError::not_found("principal"));
+        }
+        self.store.principal(id).await?.ok_or_else(|| ApiError::not_found("principal"))
+    }
+
+    /// Lists principals (admin).
+    pub async fn principals(
+        &self,
+        caller: &Caller,
+        after: Option<&str>,
+        limit: u32,
+    ) -> ApiResult<Vec<PrincipalRecord>> {
+        require_admin(caller)?;
+        Ok(self.store.principals(after, limit).await?)
+    }
+
+    /// Replaces a principal's API key; the old key stops working at once.
+    pub async fn rotate_key(&self, caller: &Caller, id: &str) -> ApiResult<String> {
+        require_admin(caller)?;
+        let mut p = self.store.principal(id).await?.ok_or_else(|| ApiError::not_found("principal"))?;
+        if p.deleted_at.is_some() {
+            return Err(ApiError::new(StatusCode::CONFLICT, "principal_offboarded", "principal is offboarded"));
+        }
+        let key = new_api_key().map_err(|_| ApiError::internal())?;
+        p.key_hash = Some(key_hash(&key));
+        let now = self.clock.now();
+        self.store
+            .commit(Batch {
+                audit: vec![PendingAudit {
+                    at: now,
+                    actor: caller.id.clone(),
+                    action: "principal.key_rotated".into(),
+                    session: None,
+                    details: json!({"principal": p.id}),
+                }],
+                principals: vec![PrincipalWrite::Update(p.clone())],
+                ..Default::default()
+            })
+            .await?;
+        self.directory.upsert(p);
+        Ok(key)
+    }
+
+    /// Offboards a principal: its key stops working, its active sessions end (`offboarded`) and its
+    /// pending ones are canceled — all in one transaction.
+    pub async fn offboard(&self, caller: &Caller, id: &str) -> ApiResult<PrincipalRecord> {
+        require_admin(caller)?;
+        if caller.id == id {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "cannot_offboard_self",
+                "an admin cannot offboard itself",
+            ));
+        }
+        let mut p = self.store.principal(id).await?.ok_or_else(|| ApiError::not_found("principal"))?;
+        if p.deleted_at.is_some() {
+            return Err(ApiError::new(StatusCode::CONFLICT, "principal_offboarded", "principal is already offboarded"));
+        }
+        let now = self.clock.now();
+        p.key_hash = None;
+        p.deleted_at = Some(now);
+        // Kill the key first: from here on nothing new can start under this principal.
+        self.directory.upsert(p.clone());
+        let sessions = self
+            .open_sessions(SessionFilter {
+                principal: Some(p.id.clone()),
+                ..Default::default()
+            })
+            .await?;
+        let extra = Batch {
+            principals: vec![PrincipalWrite::Update(p.clone())],
+            audit: vec![PendingAudit {
+                at: now,
+                actor: caller.id.clone(),
+                action: "principal.offboarded".into(),
+                session: None,
+                details: json!({"principal": p.id, "name": p.name, "sessions": sessions.len()}),
+            }],
+            ..Default::default()
+        };
+        self.end_all(sessions, Actor::Principal(PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?), EndReason::Offboarded, extra)
+            .await?;
+        Ok(p)
+    }
+
+    async fn open_sessions(&self, base: SessionFilter) -> ApiResult<Vec<SessionId>> {
+        let mut ids = Vec::new();
+        for st in [State::Requested, State::Scheduled, State::Active] {
+            let mut after = None;
+            loop {
+                let page = self
+                    .store
+                    .sessions(&SessionFilter {
+                        state: Some(st),
+                        after: after.clone(),
+                        limit: 1000,
+                        ..base.clone()
+                    })
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.session.id.to_string());
+                ids.extend(page.into_iter().map(|v| v.session.id));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Ends (or cancels) every listed session and commits `extra` with them, atomically.
+    async fn end_all(
+        &self,
+        ids: Vec<SessionId>,
+        by: Actor,
+        reason: EndReason,
+        mut extra: Batch,
+    ) -> ApiResult<()> {
+        let _guards = self.lock_many(&ids).await;
+        let now = self.clock.now();
+        let mut done: Vec<(Session, Session)> = Vec::new();
+        let mut usages = Vec::new();
+        for id in &ids {
+            let Some(Versioned { session, version }) = self.store.session(id).await? else { continue };
+            if session.state.is_final() {
+                continue;
+            }
+            let (mut s, fx, usage) =
+                self.apply_all(&session, vec![Event::End { by: by.clone(), reason }], now)?;
+            self.live.kill(&s.id);
+            for e in fx {
+                match e {
+                    Effect::Audit(a) => extra.audit.push(a),
+                    Effect::Revoke { credential, kind, handle } => {
+                        if let Some(h) = handle_to_hash(&handle) {
+                            self.live.remove_token(&h);
+                        }
+                        let ev = match kind {
+                            CredentialKind::Jwt => Event::RevocationConfirmed { credential },
+                            other => Event::RevocationFailed {
+                                credential,
+                                error: format!("no {} provider is configured", other.as_str()),
+                            },
+                        };
+                        let (next, more) = s.apply(ev, now)?;
+                        s = next;
+                        extra.audit.extend(more.into_iter().filter_map(|e| match e {
+                            Effect::Audit(a) => Some(a),
+                            Effect::Revoke { .. } => None,
+                        }));
+                    }
+                }
+            }
+            extra.sessions.push(SessionWrite {
+                session: s.clone(),
+                expected_version: Some(version),
+            });
+            if let Some(u) = usage {
+                usages.push((s.id.clone(), u));
+            }
+            done.push((session, s));
+        }
+        let records = self.store.commit(extra).await?;
+        m::audit_written(records.len());
+        for (old, s) in &done {
+            self.after_commit(old, s, now);
+        }
+        for (id, u) in usages {
+            if let Some(l) = self.live.session(&id) {
+                l.usage_written(&u);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- targets ----------------------------------------------------------------------------
+
+    async fn target_doc(&self, name: &str) -> ApiResult<TargetDoc> {
+        let rec = self.store.target(name).await?.ok_or_else(|| ApiError::not_found("target"))?;
+        serde_json::from_str(&rec.doc).map_err(|e| {
+            tracing::error!(error = %e, target = name, "unreadable target document");
+            ApiError::internal()
+        })
+    }
+
+    /// Creates a target (admin).
+    pub async fn create_target(&self, caller: &Caller, req: CreateTarget) -> ApiResult<TargetDoc> {
+        require_admin(caller)?;
+        check_name("`name`", &req.name)?;
+        check_groups(&req.requester_groups)?;
+        check_groups(&req.approver_groups)?;
+        check_groups(&req.tags)?;
+        if req.kind != TargetKind::Jwt {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported_target_kind",
+                "only `jwt` targets are available in this version",
+            ));
+        }
+        let max = stint_core::session::MAX_DURATION_S;
+        if req.max_ttl_s == 0 || req.max_ttl_s > max {
+            return Err(ApiError::invalid(format!("`max_ttl_s` must be between 1 and {max}")));
+        }
+        let token_ttl_s = req.token_ttl_s.unwrap_or(self.cfg.default_token_ttl_s.min(req.max_ttl_s));
+        if token_ttl_s == 0 || token_ttl_s > req.max_ttl_s {
+            return Err(ApiError::invalid("`token_ttl_s` must be between 1 and `max_ttl_s`"));
+        }
+        let approvals_required = req.approvals_required.unwrap_or(0);
+        if approvals_required > 10 {
+            return Err(ApiError::invalid("`approvals_required` must be at most 10"));
+        }
+        if approvals_required > 0 && req.approver_groups.is_empty() {
+            return Err(ApiError::invalid("`approvals_required` > 0 needs `approver_groups`"));
+        }
+        if let Some(env) = &req.environment {
+            check_text("environment", env, false)?;
+        }
+        let config = match req.config {
+            None => json!({}),
+            Some(serde_json::Value::Object(map)) => {
+                for (k, v) in &map {
+                    match (k.as_str(), v) {
+                        ("audience", serde_json::Value::String(a)) if !a.is_empty() && a.len() <= 256 => {}
+                        ("audience", _) => return Err(ApiError::invalid("`config.audience` must be a non-empty string")),
+                        (k, _) => return Err(ApiError::invalid(format!("unknown `config` field `{k}` for a jwt target"))),
+                    }
+                }
+                serde_json::Value::Object(map)
+            }
+            Some(_) => return Err(ApiError::invalid("`config` must be an object")),
+        };
+        let now = self.clock.now();
+        let doc = TargetDoc {
+            name: req.name,
+            kind: req.kind,
+            max_ttl_s: req.max_ttl_s,
+            token_ttl_s,
+            requester_groups: req.requester_groups,
+            approver_groups: req.approver_groups,
+            approvals_required,
+            environment: req.environment,
+            tags: req.tags,
+            require_binding: req.require_binding,
+            config,
+            created_at: now,
+        };
+        let text = serde_json::to_string(&doc).map_err(|_| ApiError::internal())?;
+        self.store
+            .commit(Batch {
+                targets: vec![TargetWrite::Insert(TargetRecord {
+                    name: doc.name.clone(),
+                    kind: "jwt".into(),
+                    doc: text,
+                    created_at: now,
+                })],
+                audit: vec![PendingAudit {
+                    at: now,
+                    actor: caller.id.clone(),
+                    action: "target.created".into(),
+                    session: None,
+                    details: serde_json::to_value(doc.view()).unwrap_or_default(),
+                }],
+                ..Default::default()
+            })
+            .await?;
+        Ok(doc)
+    }
+
+    /// A target by name (any caller; never secrets).
+    pub async fn target(&self, name: &str) -> ApiResult<TargetDoc> {
+        self.target_doc(name).await
+    }
+
+    /// Lists targets.
+    pub async fn targets(&self, after: Option<&str>, limit: u32) -> ApiResult<Vec<TargetDoc>> {
+        self.store
+            .targets(after, limit)
+            .await?
+            .iter()
+            .map(|r| serde_json::from_str(&r.doc).map_err(|_| ApiError::internal()))
+            .collect()
+    }
+
+    /// Changes a target's limits and groups (admin). Live sessions keep their deadline unless it
+    /// is later than the new `max_ttl_s` allows from activation; it never grows.
+    pub async fn patch_target(&self, caller: &Caller, name: &str, p: PatchTarget) -> ApiResult<TargetDoc> {
+        require_admin(caller)?;
+        let mut doc = self.target_doc(name).await?;
+        if let Some(g) = &p.requester_groups {
+            check_groups(g)?;
+            doc.requester_groups = g.clone();
+        }
+        if let Some(g) = &p.approver_groups {
+            check_groups(g)?;
+            doc.approver_groups = g.clone();
+        }
+        if let Some(n) = p.approvals_required {
+            if n > 10 {
+                return Err(ApiError::invalid("`approvals_required` must be at most 10"));
+            }
+            doc.approvals_required = n;
+        }
+        if let Some(m) = p.max_ttl_s {
+            if m == 0 || m > stint_core::session::MAX_DURATION_S {
+                return Err(ApiError::invalid("`max_ttl_s` out of range"));
+            }
+            doc.max_ttl_s = m;
+        }
+        if let Some(t) = p.token_ttl_s {
+            doc.token_ttl_s = t;
+        }
+        doc.token_ttl_s = doc.token_ttl_s.min(doc.max_ttl_s);
+        if doc.token_ttl_s == 0 {
+            return Err(ApiError::invalid("`token_ttl_s` must be at least 1"));
+        }
+        if doc.approvals_required > 0 && doc.approver_groups.is_empty() {
+            return Err(ApiError::invalid("`approvals_required` > 0 needs `approver_groups`"));
+        }
+        let now = self.clock.now();
+        let text = serde_json::to_string(&doc).map_err(|_| ApiError::internal())?;
+        self.store
+            .commit(Batch {
+                targets: vec![TargetWrite::Update(TargetRecord {
+                    name: doc.name.clone(),
+                    kind: "jwt".into(),
+                    doc: text,
+                    created_at: doc.created_at,
+                })],
+                audit: vec![PendingAudit {
+                    at: now,
+                    actor: caller.id.clone(),
+                    action: "target.changed".into(),
+                    session: None,
+                    details: json!({"target": doc.name, "change": p}),
+                }],
+                ..Default::default()
+            })
+            .await?;
+        Ok(doc)
+    }
+
+    /// Deletes a target and ends all its sessions (reason `revoked`), atomically (admin).
+    pub async fn delete_target(&self, caller: &Caller, name: &str) -> ApiResult<()> {
+        require_admin(caller)?;
+        self.target_doc(name).await?;
+        let now = self.clock.now();
+        let ids = self
+            .open_sessions(SessionFilter {
+                target: Some(name.to_owned()),
+                ..Default::default()
+            })
+            .await?;
+        let by = Actor::Principal(PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?);
+        let extra = Batch {
+            targets: vec![TargetWrite::Delete(name.to_owned())],
+            audit: vec![PendingAudit {
+                at: now,
+                actor: caller.id.clone(),
+                action: "target.deleted".into(),
+                session: None,
+                details: json!({"target": name, "sessions": ids.len()}),
+            }],
+            ..Default::default()
+        };
+        self.end_all(ids, by, EndReason::Revoked, extra).await
+    }
+
+    // ----- sessions ---------------------------------------------------------------------------
+
+    fn may_approve(caller: &PrincipalRecord, target: Option<&TargetDoc>) -> bool {
+        is_admin(caller) || target.is_some_and(|t| intersects(&caller.groups, &t.approver_groups))
+    }
+
+    /// Whether the caller may see the session; also tells if it may act as its approver.
+    async fn visibility(&self, caller: &Caller, s: &Session) -> ApiResult<(bool, bool)> {
+        if is_admin(caller) {
+            return Ok((true, true));
+        }
+        let target = self.target_doc(&s.target).await.ok();
+        let approver = Self::may_approve(caller, target.as_ref());
+        Ok((s.principal.as_str() == caller.id || approver, approver))
+    }
+
+    /// Requests a session.
+    pub async fn request(&self, caller: &Caller, req: CreateSession) -> ApiResult<Session> {
+        check_text("reason", &req.reason, true)?;
+        let target = match self.target_doc(&req.target).await {
+            Ok(t) => t,
+            Err(e) if e.status == StatusCode::NOT_FOUND => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_target",
+                    format!("no target named `{}`", req.target.chars().take(64).collect::<String>()),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if req.break_glass {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "policy_denied",
+                "break-glass sessions need a policy that permits them; none is configured",
+            ));
+        }
+        if !is_admin(caller) && !intersects(&caller.groups, &target.requester_groups) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "policy_denied",
+                format!("principal may not request sessions on `{}`", target.name),
+            ));
+        }
+        let binding = req.binding.unwrap_or(Binding {
+            kind: BindingKind::None,
+            reference: None,
+        });
+        if let Some(r) = &binding.reference {
+            if r.is_empty() || r.len() > 200 {
+                return Err(ApiError::invalid("`binding.ref` must be 1 to 200 characters"));
+            }
+        }
+        if binding.kind != BindingKind::None && binding.reference.is_none() {
+            return Err(ApiError::invalid("`binding.ref` is required for this binding kind"));
+        }
+        if let Some(required) = target.require_binding {
+            if required != BindingKind::None && binding.kind != required {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "binding_required",
+                    format!("target `{}` requires a binding", target.name),
+                ));
+            }
+        }
+        let principal = PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?;
+        let now = self.clock.now();
+        let (s, fx) = Session::request(
+            NewSession {
+                id: SessionId::from_u128(new_u128()),
+                principal,
+                target: target.name.clone(),
+                reason: req.reason,
+                ttl_s: req.ttl_s,
+                max_ttl_s: target.max_ttl_s,
+                token_ttl_s: target.token_ttl_s,
+                approvals_required: target.approvals_required,
+                approval_window_s: self.cfg.approval_window_s,
+                binding,
+                not_before: req.not_before,
+                idle_timeout_s: req.idle_timeout_s,
+                max_uses: req.max_uses,
+                break_glass: false,
+            },
+            now,
+        )?;
+        let _g = self.lock(&s.id).await;
+        let audit = fx
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Audit(a) => Some(a),
+                Effect::Revoke { .. } => None,
+            })
+            .collect();
+        let records = self
+            .store
+            .commit(Batch {
+                sessions: vec![SessionWrite {
+                    session: s.clone(),
+                    expected_version: None,
+                }],
+                audit,
+                ..Default::default()
+            })
+            .await?;
+        m::audit_written(records.len());
+        metrics::counter!(m::SESSIONS_REQUESTED).increment(1);
+        let placeholder = Session { state: State::Requested, ..s.clone() };
+        self.after_commit(&placeholder, &s, now);
+        Ok(s)
+    }
+
+    /// A session the caller may see.
+    pub async fn session(&self, caller: &Caller, id: &str) -> ApiResult<Session> {
+        let id = SessionId::parse(id).ok_or_else(|| ApiError::not_found("session"))?;
+        let v = self.store.session(&id).await?.ok_or_else(|| ApiError::not_found("session"))?;
+        if !self.visibility(caller, &v.session).await?.0 {
+            return Err(ApiError::not_found("session"));
+        }
+        Ok(v.session)
+    }
+
+    /// Lists sessions the caller may see.
+    pub async fn sessions(&self, caller: &Caller, mut f: SessionFilter) -> ApiResult<(Vec<Session>, Option<String>)> {
+        let limit = f.limit;
+        if !is_admin(caller) {
+            // Non-admins see their own sessions and those of targets they approve.
+            let approvable: Vec<String> = self
+                .targets(None, 1000)
+                .await?
+                .into_iter()
+                .filter(|t| intersects(&caller.groups, &t.approver_groups))
+                .map(|t| t.name)
+                .collect();
+            if approvable.is_empty() {
+                if f.principal.as_deref().is_some_and(|p| p != caller.id) {
+                    return Ok((Vec::new(), None));
+                }
+                f.principal = Some(caller.id.clone());
+            }
+            let page = self.store.sessions(&f).await?;
+            let next = (page.len() == limit as usize).then(|| page.last().map(|v| v.session.id.to_string())).flatten();
+            let items = page
+                .into_iter()
+                .map(|v| v.session)
+                .filter(|s| s.principal.as_str() == caller.id || approvable.contains(&s.target))
+                .collect();
+            return Ok((items, next));
+        }
+        let page = self.store.sessions(&f).await?;
+        let next = (page.len() == limit as usize).then(|| page.last().map(|v| v.session.id.to_string())).flatten();
+        Ok((page.into_iter().map(|v| v.session).collect(), next))
+    }
+
+    async fn parse_and_authorize(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> ApiResult<(SessionId, bool, bool)> {
+        let sid = SessionId::parse(id).ok_or_else(|| ApiError::not_found("session"))?;
+        let v = self.store.session(&sid).await?.ok_or_else(|| ApiError::not_found("session"))?;
+        let (visible, approver) = self.visibility(caller, &v.session).await?;
+        if !visible {
+            return Err(ApiError::not_found("session"));
+        }
+        let own = v.session.principal.as_str() == caller.id;
+        Ok((sid, own, approver))
+    }
+
+    fn caller_id(caller: &Caller) -> ApiResult<PrincipalId> {
+        PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)
+    }
+
+    /// Approves a session.
+    pub async fn approve(&self, caller: &Caller, id: &str, comment: Option<String>) -> ApiResult<Session> {
+        if let Some(c) = &comment {
+            check_text("comment", c, false)?;
+        }
+        let (sid, own, approver) = self.parse_and_authorize(caller, id).await?;
+        let me = Self::caller_id(caller)?;
+        if own && !approver {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "self_approval", "a requester cannot approve its own session"));
+        }
+        if !approver {
+            return Err(ApiError::forbidden("caller is not an approver for this target"));
+        }
+        let (s, ()) = self
+            .mutate(&sid, |_, _| Ok(vec![Event::Approve { approver: me, comment }]), |_| ())
+            .await?;
+        Ok(s)
+    }
+
+    /// Denies a session.
+    pub async fn deny(&self, caller: &Caller, id: &str, reason: String) -> ApiResult<Session> {
+        check_text("reason", &reason, true)?;
+        let (sid, _, approver) = self.parse_and_authorize(caller, id).await?;
+        if !approver {
+            return Err(ApiError::forbidden("caller is not an approver for this target"));
+        }
+        let by = Self::caller_id(caller)?;
+        let (s, ()) = self.mutate(&sid, |_, _| Ok(vec![Event::Deny { by, reason }]), |_| ()).await?;
+        Ok(s)
+    }
+
+    /// Cancels a requested or scheduled session (its requester or an admin).
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> ApiResult<Session> {
+        let (sid, own, _) = self.parse_and_authorize(caller, id).await?;
+        if !own && !is_admin(caller) {
+            return Err(ApiError::forbidden("only the requester can cancel a session"));
+        }
+        let by = Actor::Principal(Self::caller_id(caller)?);
+        let (s, ()) = self.mutate(&sid, |_, _| Ok(vec![Event::Cancel { by }]), |_| ()).await?;
+        Ok(s)
+    }
+
+    /// Ends a session: `completed` when its principal ends it, `revoked` when an approver or admin
+    /// does. A requested or scheduled session is canceled.
+    pub async fn end(&self, caller: &Caller, id: &str, note: Option<String>) -> ApiResult<Session> {
+        if let Some(n) = &note {
+            check_text("reason", n, false)?;
+        }
+        let (sid, own, approver) = self.parse_and_authorize(caller, id).await?;
+        if !own && !approver {
+            return Err(ApiError::forbidden("caller may not end this session"));
+        }
+        let reason = if own { EndReason::Completed } else { EndReason::Revoked };
+        let by = Actor::Principal(Self::caller_id(caller)?);
+        let (s, ()) = self.mutate(&sid, |_, _| Ok(vec![Event::End { by, reason }]), |_| ()).await?;
+        Ok(s)
+    }
+
+    /// Records a heartbeat: resets the idle timer (persisted, so a restart keeps it).
+    pub async fn heartbeat(&self, caller: &Caller, id: &str) -> ApiResult<()> {
+        let (sid, own, _) = self.parse_and_authorize(caller, id).await?;
+        if !own {
+            return Err(ApiError::forbidden("only the session's principal can heartbeat it"));
+        }
+        let now = self.clock.now();
+        match self.live.session(&sid) {
+            Some(l) if l.is_live(i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)) => l.touch(now),
+            _ => return Err(stint_core::TransitionError::NotActive.into()),
+        }
+        self.mutate(&sid, |s, now| {
+            if !s.is_live(now) {
+                return Err(stint_core::TransitionError::NotActive.into());
+            }
+            Ok(vec![Event::Tick { activity: Some(now) }])
+        }, |_| ())
+        .await?;
+        Ok(())
+    }
+
+    /// Issues a JWT for an active session (its principal only).
+    pub async fn issue_jwt(&self, caller: &Caller, id: &str) -> ApiResult<IssuedJwt> {
+        let (sid, own, _) = self.parse_and_authorize(caller, id).await?;
+        if !own {
+            return Err(ApiError::forbidden("only the session's principal can fetch its credentials"));
+        }
+        let v = self.store.session(&sid).await?.ok_or_else(|| ApiError::not_found("session"))?;
+        let target = self.target_doc(&v.session.target).await.map_err(|_| {
+            ApiError::new(StatusCode::CONFLICT, "session_not_active", "the session's target no longer exists")
+        })?;
+        let audience = target.audience();
+        let jti = CredentialId::from_u128(new_u128());
+        let issued: std::sync::Mutex<Option<(String, TokenHash, OffsetDateTime)>> = std::sync::Mutex::new(None);
+        let (_, out) = self
+            .mutate(
+                &sid,
+                |s, now| {
+                    let exp = s.credential_expiry(now)?;
+                    let claims = AccessClaims {
+                        iss: &self.issuer,
+                        sub: s.principal.as_str(),
+                        aud: &audience,
+                        exp: exp.unix_timestamp(),
+                        iat: now.unix_timestamp(),
+                        nbf: now.unix_timestamp(),
+                        jti: jti.as_str(),
+                        client_id: s.principal.as_str(),
+                        scope: &scope_for(&s.target),
+                        sid: s.id.as_str(),
+                    };
+                    let (token, kid) = self.keys.sign(&claims).map_err(|e| {
+                        tracing::error!(error = %e, "signing failed");
+                        ApiError::internal()
+                    })?;
+                    let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
+                    *issued.lock().unwrap_or_else(|e| e.into_inner()) = Some((token, hash, exp));
+                    Ok(vec![Event::Issue {
+                        credential: Credential {
+                            id: jti.clone(),
+                            kind: CredentialKind::Jwt,
+                            handle: hex::encode(hash),
+                            key_id: Some(kid),
+                            issued_at: now,
+                            expires_at: exp,
+                            revoked_at: None,
+                            revocation: Revocation::None,
+                        },
+                    }])
+                },
+                |s| {
+                    let (token, hash, exp) = issued.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+                    let cred = s.credentials.iter().find(|c| c.id == jti)?;
+                    let live = self.live.session(&s.id)?;
+                    self.live.insert_token(hash, self.token_entry(s, cred, &audience, live));
+                    Some(IssuedJwt { id: jti.clone(), token, expires_at: exp })
+                },
+            )
+            .await?;
+        metrics::counter!(m::CREDENTIALS_ISSUED, "kind" => "jwt").increment(1);
+        out.ok_or_else(ApiError::internal)
+    }
+
+    /// The session's audit events and the chain's state.
+    pub async fn evidence(&self, caller: &Caller, id: &str) -> ApiResult<(Session, Vec<stint_core::AuditRecord>, stint_core::ChainVerification)> {
+        let s = self.session(caller, id).await?;
+        let events = self.store.audit_for_session(&s.id).await?;
+        let chain = self.store.verify_audit().await?;
+        Ok((s, events, chain))
+    }
+
+    // ----- OAuth: introspection and revocation -----------------------------------------------
+
+    /// RFC 7662 introspection. Memory only, except a credential's first use and every use of a
+    /// `max_uses` session, which are persisted before answering.
+    pub async fn introspect(&self, caller: &Caller, token: &str) -> Introspection {
+        let now = self.clock.now();
+        let result = self.introspect_inner(caller, token, now).await;
+        metrics::counter!(m::INTROSPECTIONS, "result" => if result.active { "active" } else { "inactive" }).increment(1);
+        result
+    }
+
+    async fn introspect_inner(&self, caller: &Caller, token: &str, now: OffsetDateTime) -> Introspection {
+        if token.is_empty() || token.len() > 8192 {
+            return Introspection::inactive();
+        }
+        let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
+        let Some(entry) = self.live.token(&hash) else { return Introspection::inactive() };
+        if !entry.is_active(now) {
+            return Introspection::inactive();
+        }
+        let first = entry.first_use_pending.swap(false, Ordering::AcqRel);
+        if first || entry.session.counts_uses {
+            let sid = entry.session.id.clone();
+            let ev = Event::Used {
+                credential: entry.jti.clone(),
+                count: 1,
+                callers: vec![caller.id.clone()],
+                first_at: now,
+                last_at: now,
+                first_use: first,
+            };
+            let res = self
+                .mutate(&sid, |_, _| Ok(vec![ev]), |_| ())
+                .await;
+            if let Err(e) = res {
+                if first {
+                    entry.first_use_pending.store(true, Ordering::Release);
+                }
+                tracing::debug!(code = e.code, "use not recorded; answering inactive");
+                return Introspection::inactive();
+            }
+            // The write may have ended the session (max uses reached): this use was still granted.
+        } else {
+            entry.session.record_use(&entry.jti, &caller.id, now);
+        }
+        entry.session.touch(now);
+        entry.claims.clone()
+    }
+
+    /// RFC 7009 revocation: the token dies at once, its session goes on. Unknown tokens are fine.
+    pub async fn revoke_token(&self, caller: &Caller, token: &str) -> ApiResult<()> {
+        if token.len() > 8192 {
+            return Ok(());
+        }
+        let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
+        let Some(entry) = self.live.token(&hash) else { return Ok(()) };
+        let owner = entry.claims.sub.as_deref() == Some(caller.id.as_str());
+        if !owner && !is_admin(caller) && caller.kind != PrincipalKind::ResourceServer.as_str() {
+            return Err(ApiError::forbidden("caller may not revoke this token"));
+        }
+        let jti = entry.jti.clone();
+        let by = Actor::Principal(Self::caller_id(caller)?);
+        self.live.remove_token(&hash);
+        self.mutate(&entry.session.id, |_, _| Ok(vec![Event::RevokeCredential { credential: jti, by }]), |_| ())
+            .await?;
+        metrics::counter!(m::CREDENTIALS_REVOKED, "kind" => "jwt").increment(1);
+        Ok(())
+    }
+
+    // ----- background work --------------------------------------------------------------------
+
+    /// Judges a session's timers now.
+    pub async fn tick(&self, id: &SessionId) -> ApiResult<()> {
+        let activity = self.live.session(id).and_then(|l| l.last_activity());
+        self.mutate(id, |_, _| Ok(vec![Event::Tick { activity }]), |_| ()).await?;
+        Ok(())
+    }
+
+    /// Writes aggregated uses of every live session (one `credential.used` event each).
+    pub async fn flush_usage(&self) {
+        for l in self.live.sessions() {
+            if l.pending_usage().is_some() {
+                if let Err(e) = self.mutate(&l.id, |_, _| Ok(vec![]), |_| ()).await {
+                    tracing::warn!(session = %l.id, code = e.code, "writing aggregated uses failed");
+                }
+            }
+        }
+    }
+
+    /// Starts a new signing key (admin); the old one stays published while its tokens may live.
+    pub async fn rotate_signing_key(&self, caller: &Caller) -> ApiResult<(String, Vec<String>)> {
+        require_admin(caller)?;
+        let now = self.clock.now();
+        let longest = self
+            .targets(None, 1000)
+            .await?
+            .iter()
+            .map(|t| t.token_ttl_s)
+            .max()
+            .unwrap_or(self.cfg.default_token_ttl_s)
+            .max(self.cfg.default_token_ttl_s);
+        let until = now + time::Duration::seconds(i64::try_from(longest).unwrap_or(i64::MAX / 2));
+        let old = self.keys.current_kid();
+        let kid = self.keys.rotate(now, until).map_err(|e| {
+            tracing::error!(error = %e, "key rotation failed");
+            ApiError::internal()
+        })?;
+        self.store
+            .commit(Batch {
+                audit: vec![PendingAudit {
+                    at: now,
+                    actor: caller.id.clone(),
+                    action: "key.rotated".into(),
+                    session: None,
+                    details: json!({"kid": kid, "previous": old, "previous_published_until": stint_core::audit::format_time(until)}),
+                }],
+                ..Default::default()
+            })
+            .await?;
+        let published = self
+            .keys
+            .jwks(now)
+            .keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .collect();
+        Ok((kid, published))
+    }
+}
+
+fn scope_for(target: &str) -> String {
+    format!("target:{target}")
+}
+
+fn require_admin(caller: &PrincipalRecord) -> ApiResult<()> {
+    if is_admin(caller) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("this needs an admin"))
+    }
+}
