@@ -1,0 +1,1 @@
+//! The CLI: `stint exec` and the main path through the `stint` commands.
