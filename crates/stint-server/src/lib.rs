@@ -126,12 +126,12 @@ async fn scheduler_loop(svc: Arc<Service>) {
     loop {
         let due = svc.scheduler.next_due(&*svc.clock).await;
         for (id, _) in due {
-            if let Err(e) = svc.tick(&id).await {
-                if e.status.is_server_error() {
-                    tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
-                    svc.scheduler
-                        .set(&id, Some(svc.clock.now() + time::Duration::seconds(1)));
-                }
+            if let Err(e) = svc.tick(&id).await
+                && e.status.is_server_error()
+            {
+                tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
+                svc.scheduler
+                    .set(&id, Some(svc.clock.now() + time::Duration::seconds(1)));
             }
         }
     }

@@ -197,10 +197,10 @@ impl LiveIndex {
         live.deadline_ms.fetch_min(deadline, Ordering::AcqRel);
         let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
         for c in &s.credentials {
-            if c.revocation != stint_core::Revocation::None {
-                if let Some(h) = handle_to_hash(&c.handle) {
-                    tokens.remove(&h);
-                }
+            if c.revocation != stint_core::Revocation::None
+                && let Some(h) = handle_to_hash(&c.handle)
+            {
+                tokens.remove(&h);
             }
         }
     }

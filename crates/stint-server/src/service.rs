@@ -423,6 +423,7 @@ impl Service {
             }));
         }
         if s == *old && audit.is_empty() && extra.is_empty() {
+            self.live.sync(&s);
             self.scheduler.set(&s.id, s.next_wake());
             return Ok(s);
         }
@@ -480,25 +481,24 @@ impl Service {
         let mut s = start.clone();
         let mut fx = Vec::new();
         let mut written = None;
-        if let Some(live) = self.live.session(&s.id) {
-            if let Some(u) = live.pending_usage() {
-                if let (Some(cred), Some(first), Some(last)) = (u.credential.clone(), u.first, u.last) {
-                    let ev = Event::Used {
-                        credential: cred,
-                        count: u.count,
-                        callers: u.callers.iter().cloned().collect(),
-                        first_at: first,
-                        last_at: last,
-                        first_use: false,
-                    };
-                    if let Ok((next, more)) = s.apply(ev, now) {
-                        s = next;
-                        fx.extend(more);
-                    }
-                    // Uses that can no longer be recorded (session gone) are dropped either way.
-                    written = Some(u);
-                }
+        if let Some(live) = self.live.session(&s.id)
+            && let Some(u) = live.pending_usage()
+            && let (Some(cred), Some(first), Some(last)) = (u.credential.clone(), u.first, u.last)
+        {
+            let ev = Event::Used {
+                credential: cred,
+                count: u.count,
+                callers: u.callers.iter().cloned().collect(),
+                first_at: first,
+                last_at: last,
+                first_use: false,
+            };
+            if let Ok((next, more)) = s.apply(ev, now) {
+                s = next;
+                fx.extend(more);
             }
+            // Uses that can no longer be recorded (session gone) are dropped either way.
+            written = Some(u);
         }
         for ev in events {
             let (next, more) = s.apply(ev, now)?;
@@ -965,22 +965,23 @@ impl Service {
             kind: BindingKind::None,
             reference: None,
         });
-        if let Some(r) = &binding.reference {
-            if r.is_empty() || r.len() > 200 {
-                return Err(ApiError::invalid("`binding.ref` must be 1 to 200 characters"));
-            }
+        if let Some(r) = &binding.reference
+            && (r.is_empty() || r.len() > 200)
+        {
+            return Err(ApiError::invalid("`binding.ref` must be 1 to 200 characters"));
         }
         if binding.kind != BindingKind::None && binding.reference.is_none() {
             return Err(ApiError::invalid("`binding.ref` is required for this binding kind"));
         }
-        if let Some(required) = target.require_binding {
-            if required != BindingKind::None && binding.kind != required {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "binding_required",
-                    format!("target `{}` requires a binding", target.name),
-                ));
-            }
+        if let Some(required) = target.require_binding
+            && required != BindingKind::None
+            && binding.kind != required
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "binding_required",
+                format!("target `{}` requires a binding", target.name),
+            ));
         }
         let principal = PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?;
         let now = self.clock.now();
@@ -1320,10 +1321,10 @@ impl Service {
     /// Writes aggregated uses of every live session (one `credential.used` event each).
     pub async fn flush_usage(&self) {
         for l in self.live.sessions() {
-            if l.pending_usage().is_some() {
-                if let Err(e) = self.mutate(&l.id, |_, _| Ok(vec![]), |_| ()).await {
-                    tracing::warn!(session = %l.id, code = e.code, "writing aggregated uses failed");
-                }
+            if l.pending_usage().is_some()
+                && let Err(e) = self.mutate(&l.id, |_, _| Ok(vec![]), |_| ()).await
+            {
+                tracing::warn!(session = %l.id, code = e.code, "writing aggregated uses failed");
             }
         }
     }
