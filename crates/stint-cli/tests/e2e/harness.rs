@@ -87,10 +87,10 @@ impl Server {
         let c = reqwest::Client::new();
         let t0 = Instant::now();
         loop {
-            if let Ok(r) = c.get(format!("{}/readyz", self.addr)).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
+            if let Ok(r) = c.get(format!("{}/readyz", self.addr)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
             }
             assert!(t0.elapsed() < Duration::from_secs(20), "server not ready after 20 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -273,4 +273,190 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+// ----- helpers added for the flow, bad-input and crash suites ----------------------------------
+
+/// A raw HTTP answer: status, content type, headers, body text and the body as JSON (or `Null`).
+#[derive(Debug)]
+pub struct Raw {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+/// How a raw request authenticates.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    /// No `Authorization` header.
+    None,
+    /// `Authorization: Bearer <key>`.
+    Bearer(&'a str),
+    /// `Authorization: <value>` verbatim.
+    Header(&'a str),
+}
+
+/// A raw request body.
+#[derive(Debug, Clone)]
+pub enum RawBody {
+    /// No body.
+    Empty,
+    /// `application/json` with these exact bytes.
+    Json(Vec<u8>),
+    /// `application/x-www-form-urlencoded` with these exact bytes.
+    Form(Vec<u8>),
+    /// Any content type.
+    Typed(String, Vec<u8>),
+}
+
+impl RawBody {
+    /// A JSON body from a value.
+    pub fn json(v: &Value) -> RawBody {
+        RawBody::Json(v.to_string().into_bytes())
+    }
+
+    /// A JSON body from text taken verbatim (may be malformed).
+    pub fn text(s: &str) -> RawBody {
+        RawBody::Json(s.as_bytes().to_vec())
+    }
+}
+
+/// Sends one request exactly as described.
+pub async fn raw(addr: &str, method: reqwest::Method, path: &str, auth: Auth<'_>, body: RawBody) -> Raw {
+    let http = reqwest::Client::new();
+    let mut rb = http.request(method, format!("{addr}{path}"));
+    match auth {
+        Auth::None => {}
+        Auth::Bearer(k) => rb = rb.bearer_auth(k),
+        Auth::Header(v) => rb = rb.header(reqwest::header::AUTHORIZATION, v),
+    }
+    rb = match body {
+        RawBody::Empty => rb,
+        RawBody::Json(b) => rb.header(reqwest::header::CONTENT_TYPE, "application/json").body(b),
+        RawBody::Form(b) => rb.header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(b),
+        RawBody::Typed(ct, b) => rb.header(reqwest::header::CONTENT_TYPE, ct).body(b),
+    };
+    let r = rb.send().await.expect("send");
+    let status = r.status();
+    let headers = r.headers().clone();
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = r.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Raw { status, content_type, headers, text, json }
+}
+
+impl Api {
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self.http.patch(format!("{}{path}", self.addr)).bearer_auth(&self.key).json(&body).send().await.expect("send");
+        Self::finish(r).await
+    }
+
+    /// A raw request with this client's key.
+    pub async fn raw(&self, method: reqwest::Method, path: &str, body: RawBody) -> Raw {
+        raw(&self.addr, method, path, Auth::Bearer(&self.key), body).await
+    }
+
+    /// Creates a jwt target from a full body (`kind` defaults to `jwt`); asserts 201.
+    pub async fn target_with(&self, body: Value) -> Value {
+        let mut body = body;
+        if let Some(o) = body.as_object_mut() {
+            o.entry("kind").or_insert(json!("jwt"));
+        }
+        let (st, v) = self.post("/v1/targets", body).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    /// A session as this caller sees it; asserts 200.
+    pub async fn session(&self, sid: &str) -> Value {
+        let (st, v) = self.get(&format!("/v1/sessions/{sid}")).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Every audit event (admin), following `next_cursor`.
+    pub async fn audit_all(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let (st, v) = self.get(&format!("/v1/audit?after_seq={after}&limit=1000")).await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let Some(last) = items.last().and_then(|e| e["seq"].as_i64()) else { break };
+            after = last;
+            out.extend(items);
+            if v["next_cursor"].is_null() {
+                break;
+            }
+        }
+        out
+    }
+}
+
+impl Server {
+    /// The SQLite database of this server.
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("stint.db")
+    }
+
+    /// The server's log file (stderr of every run on this data dir).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).join("server.log")
+    }
+}
+
+/// The published JWKS.
+pub async fn jwks(addr: &str) -> jsonwebtoken::jwk::JwkSet {
+    let r = reqwest::get(format!("{addr}/.well-known/jwks.json")).await.expect("jwks");
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.expect("jwks json")
+}
+
+/// Verifies `token` against the server's JWKS (EdDSA, `aud` = `audience`, not expired) and returns
+/// its header and claims.
+pub async fn verify_token(addr: &str, token: &str, audience: &str) -> Result<(jsonwebtoken::Header, Value), String> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+    let header = decode_header(token).map_err(|e| format!("header: {e}"))?;
+    let kid = header.kid.clone().ok_or("no kid in the token header")?;
+    let set = jwks(addr).await;
+    let jwk = set.find(&kid).ok_or_else(|| format!("kid {kid} is not in the JWKS"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("jwk: {e}"))?;
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&[audience]);
+    v.leeway = 0;
+    let data = decode::<Value>(token, &key, &v).map_err(|e| format!("verify: {e}"))?;
+    Ok((data.header, data.claims))
+}
+
+/// Parses an RFC 3339 time as Unix seconds.
+pub fn unix(rfc3339: &Value) -> i64 {
+    let s = rfc3339.as_str().unwrap_or_else(|| panic!("not a time: {rfc3339}"));
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("bad time {s}: {e}"))
+        .unix_timestamp()
+}
+
+/// The wall clock. The server under test is a separate process running on the real clock, so the
+/// tests compare its times with the real clock too (there is no Clock to inject across processes).
+#[allow(clippy::disallowed_methods)]
+pub fn wall_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Now as Unix seconds.
+pub fn now_unix() -> i64 {
+    wall_now().unix_timestamp()
+}
+
+/// `now + secs` as RFC 3339.
+pub fn rfc3339_in(secs: i64) -> String {
+    (wall_now() + time::Duration::seconds(secs))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
 }

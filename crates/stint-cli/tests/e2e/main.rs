@@ -5,3 +5,6 @@
 mod harness;
 mod cli;
 mod smoke;
+mod flows;
+mod bad_input;
+mod crash;
