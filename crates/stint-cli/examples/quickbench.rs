@@ -23,7 +23,13 @@ struct Api {
 
 impl Api {
     async fn post(&self, key: &str, path: &str, body: Value) -> Res<Value> {
-        let r = self.http.post(format!("{}{path}", self.addr)).bearer_auth(key).json(&body).send().await?;
+        let r = self
+            .http
+            .post(format!("{}{path}", self.addr))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await?;
         let st = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         if !st.is_success() {
@@ -45,12 +51,33 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn main() -> Res<()> {
     let addr = std::env::var("STINT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8300".into());
     let admin = std::env::var("STINT_TOKEN")?;
-    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let conc: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
-    let api = Api { http: reqwest::Client::builder().pool_max_idle_per_host(256).build()?, addr };
+    let secs: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let conc: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let api = Api {
+        http: reqwest::Client::builder().pool_max_idle_per_host(256).build()?,
+        addr,
+    };
     let tag = std::process::id();
-    let nhi = api.post(&admin, "/v1/principals", json!({"name": format!("bench-nhi-{tag}"), "kind": "service", "groups": ["bench"]})).await?;
-    let rs = api.post(&admin, "/v1/principals", json!({"name": format!("bench-rs-{tag}"), "kind": "resource_server"})).await?;
+    let nhi = api
+        .post(
+            &admin,
+            "/v1/principals",
+            json!({"name": format!("bench-nhi-{tag}"), "kind": "service", "groups": ["bench"]}),
+        )
+        .await?;
+    let rs = api
+        .post(
+            &admin,
+            "/v1/principals",
+            json!({"name": format!("bench-rs-{tag}"), "kind": "resource_server"}),
+        )
+        .await?;
     let target = format!("bench-{tag}");
     api.post(&admin, "/v1/targets", json!({"name": target, "kind": "jwt", "max_ttl_s": 3600, "token_ttl_s": 600, "requester_groups": ["bench"]})).await?;
     let nhi_key = nhi["api_key"].as_str().unwrap_or_default().to_owned();
@@ -62,14 +89,28 @@ async fn main() -> Res<()> {
     let stop = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..conc {
-        let (api, key, target, done, tokens) = (api.clone(), nhi_key.clone(), target.clone(), done.clone(), tokens.clone());
+        let (api, key, target, done, tokens) = (
+            api.clone(),
+            nhi_key.clone(),
+            target.clone(),
+            done.clone(),
+            tokens.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < stop {
                 let t0 = Instant::now();
-                let s = api.post(&key, "/v1/sessions", json!({"target": target, "reason": "bench", "ttl_s": 3600})).await?;
+                let s = api
+                    .post(
+                        &key,
+                        "/v1/sessions",
+                        json!({"target": target, "reason": "bench", "ttl_s": 3600}),
+                    )
+                    .await?;
                 let sid = s["id"].as_str().unwrap_or_default().to_owned();
-                let c = api.post(&key, &format!("/v1/sessions/{sid}/credentials"), json!({})).await?;
+                let c = api
+                    .post(&key, &format!("/v1/sessions/{sid}/credentials"), json!({}))
+                    .await?;
                 lat.push(t0.elapsed());
                 done.fetch_add(1, Ordering::Relaxed);
                 let mut t = tokens.lock().map_err(|_| "poisoned")?;
@@ -107,7 +148,13 @@ async fn main() -> Res<()> {
                 let tok = &tokens[i % tokens.len()];
                 i += conc;
                 let t0 = Instant::now();
-                let r = api.http.post(format!("{}/oauth2/introspect", api.addr)).bearer_auth(&key).form(&[("token", tok.as_str())]).send().await?;
+                let r = api
+                    .http
+                    .post(format!("{}/oauth2/introspect", api.addr))
+                    .bearer_auth(&key)
+                    .form(&[("token", tok.as_str())])
+                    .send()
+                    .await?;
                 let v: Value = r.json().await?;
                 lat.push(t0.elapsed());
                 if v["active"] != true {
@@ -134,30 +181,69 @@ async fn main() -> Res<()> {
     // Phase 3: deadline revocation of 200 sessions with ttl 2 s.
     let mut toks = Vec::new();
     for _ in 0..200 {
-        let s = api.post(&nhi_key, "/v1/sessions", json!({"target": target, "reason": "bench deadline", "ttl_s": 2})).await?;
+        let s = api
+            .post(
+                &nhi_key,
+                "/v1/sessions",
+                json!({"target": target, "reason": "bench deadline", "ttl_s": 2}),
+            )
+            .await?;
         let sid = s["id"].as_str().unwrap_or_default().to_owned();
-        let deadline = time::OffsetDateTime::parse(s["expires_at"].as_str().unwrap_or_default(), &time::format_description::well_known::Rfc3339)?;
-        let c = api.post(&nhi_key, &format!("/v1/sessions/{sid}/credentials"), json!({})).await?;
-        toks.push((deadline, c["access_token"].as_str().unwrap_or_default().to_owned()));
+        let deadline = time::OffsetDateTime::parse(
+            s["expires_at"].as_str().unwrap_or_default(),
+            &time::format_description::well_known::Rfc3339,
+        )?;
+        let c = api
+            .post(&nhi_key, &format!("/v1/sessions/{sid}/credentials"), json!({}))
+            .await?;
+        toks.push((
+            deadline,
+            c["access_token"].as_str().unwrap_or_default().to_owned(),
+        ));
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut still_active = 0;
     for (_, tok) in &toks {
-        let r = api.http.post(format!("{}/oauth2/introspect", api.addr)).bearer_auth(&rs_key).form(&[("token", tok.as_str())]).send().await?;
+        let r = api
+            .http
+            .post(format!("{}/oauth2/introspect", api.addr))
+            .bearer_auth(&rs_key)
+            .form(&[("token", tok.as_str())])
+            .send()
+            .await?;
         let v: Value = r.json().await?;
         if v["active"] == true {
             still_active += 1;
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let metrics = api.http.get(format!("{}/metrics", api.addr)).send().await?.text().await?;
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.addr))
+        .send()
+        .await?
+        .text()
+        .await?;
     let read = |name: &str| -> f64 {
-        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     };
-    let (sum, count) = (read("stint_revocation_lag_seconds_sum"), read("stint_revocation_lag_seconds_count"));
+    let (sum, count) = (
+        read("stint_revocation_lag_seconds_sum"),
+        read("stint_revocation_lag_seconds_count"),
+    );
     let quantile = |le: &str| -> f64 {
         let key = format!("stint_revocation_lag_seconds_bucket{{le=\"{le}\"}}");
-        metrics.lines().find(|l| l.starts_with(&key)).and_then(|l| l.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     };
     println!(
         "deadline revocation: {still_active}/200 tokens active 0.5 s after their deadline; server lag deadline→ended: mean {:.1} ms over {count} sessions, {} within 10 ms, {} within 50 ms, {} within 250 ms",

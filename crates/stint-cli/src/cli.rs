@@ -15,7 +15,12 @@ use crate::client::{Client, parse_duration};
 #[command(name = "stint", version, about)]
 pub struct Cli {
     /// Server address.
-    #[arg(long, global = true, env = "STINT_ADDR", default_value = "http://127.0.0.1:8300")]
+    #[arg(
+        long,
+        global = true,
+        env = "STINT_ADDR",
+        default_value = "http://127.0.0.1:8300"
+    )]
     addr: String,
     /// API key.
     #[arg(long, global = true, env = "STINT_TOKEN", hide_env_values = true)]
@@ -317,7 +322,11 @@ fn print_session(v: &Value, as_json: bool) {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = || Client::new(&cli.addr, cli.token.clone());
     match cli.cmd {
-        Command::Server { listen, data_dir, config } => {
+        Command::Server {
+            listen,
+            data_dir,
+            config,
+        } => {
             stint_server::run(stint_server::RunOptions {
                 config,
                 overrides: stint_server::Overrides { listen, data_dir },
@@ -330,12 +339,20 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             match p {
                 PrincipalCmd::Create { name, kind, groups } => {
                     let v = c
-                        .post("/v1/principals", json!({"name": name, "kind": kind, "groups": groups}))
+                        .post(
+                            "/v1/principals",
+                            json!({"name": name, "kind": kind, "groups": groups}),
+                        )
                         .await?;
                     if cli.json {
                         print_json(&v);
                     } else {
-                        println!("principal {} ({}) created: {}", s(&v["name"]), s(&v["kind"]), s(&v["id"]));
+                        println!(
+                            "principal {} ({}) created: {}",
+                            s(&v["name"]),
+                            s(&v["kind"]),
+                            s(&v["id"])
+                        );
                         println!("API key (shown once, store it now): {}", s(&v["api_key"]));
                     }
                 }
@@ -344,28 +361,63 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     if cli.json {
                         print_json(&v);
                     } else {
-                        let rows = v["items"].as_array().cloned().unwrap_or_default().iter().map(|p| {
-                            vec![s(&p["id"]), s(&p["name"]), s(&p["kind"]),
-                                 p["groups"].as_array().map(|g| g.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default(),
-                                 if p["deleted_at"].is_null() { "active".into() } else { "offboarded".into() }]
-                        }).collect();
+                        let rows = v["items"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|p| {
+                                vec![
+                                    s(&p["id"]),
+                                    s(&p["name"]),
+                                    s(&p["kind"]),
+                                    p["groups"]
+                                        .as_array()
+                                        .map(|g| g.iter().map(s).collect::<Vec<_>>().join(","))
+                                        .unwrap_or_default(),
+                                    if p["deleted_at"].is_null() {
+                                        "active".into()
+                                    } else {
+                                        "offboarded".into()
+                                    },
+                                ]
+                            })
+                            .collect();
                         table(&["id", "name", "kind", "groups", "status"], rows);
                     }
                 }
                 PrincipalCmd::Delete { id } => {
                     let v = c.delete(&format!("/v1/principals/{id}")).await?;
-                    if cli.json { print_json(&v) } else { println!("principal {} offboarded", s(&v["id"])) }
+                    if cli.json {
+                        print_json(&v)
+                    } else {
+                        println!("principal {} offboarded", s(&v["id"]))
+                    }
                 }
                 PrincipalCmd::RotateKey { id } => {
-                    let v = c.post(&format!("/v1/principals/{id}/rotate-key"), json!({})).await?;
-                    if cli.json { print_json(&v) } else { println!("new API key (shown once): {}", s(&v["api_key"])) }
+                    let v = c
+                        .post(&format!("/v1/principals/{id}/rotate-key"), json!({}))
+                        .await?;
+                    if cli.json {
+                        print_json(&v)
+                    } else {
+                        println!("new API key (shown once): {}", s(&v["api_key"]))
+                    }
                 }
             }
         }
         Command::Target(t) => {
             let c = client()?;
             match t {
-                TargetCmd::Create { name, max_ttl, token_ttl, requester_groups, approver_groups, approvals, audience } => {
+                TargetCmd::Create {
+                    name,
+                    max_ttl,
+                    token_ttl,
+                    requester_groups,
+                    approver_groups,
+                    approvals,
+                    audience,
+                } => {
                     let mut body = json!({
                         "name": name, "kind": "jwt",
                         "max_ttl_s": parse_duration(&max_ttl).context("--max-ttl")?,
@@ -379,46 +431,103 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         body["config"] = json!({"audience": a});
                     }
                     let v = c.post("/v1/targets", body).await?;
-                    if cli.json { print_json(&v) } else { println!("target {} created", s(&v["name"])) }
+                    if cli.json {
+                        print_json(&v)
+                    } else {
+                        println!("target {} created", s(&v["name"]))
+                    }
                 }
                 TargetCmd::List => {
                     let v = c.get("/v1/targets?limit=1000").await?;
                     if cli.json {
                         print_json(&v);
                     } else {
-                        let rows = v["items"].as_array().cloned().unwrap_or_default().iter().map(|t| {
-                            vec![s(&t["name"]), s(&t["kind"]), s(&t["max_ttl_s"]), s(&t["token_ttl_s"]), s(&t["approvals_required"])]
-                        }).collect();
+                        let rows = v["items"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|t| {
+                                vec![
+                                    s(&t["name"]),
+                                    s(&t["kind"]),
+                                    s(&t["max_ttl_s"]),
+                                    s(&t["token_ttl_s"]),
+                                    s(&t["approvals_required"]),
+                                ]
+                            })
+                            .collect();
                         table(&["name", "kind", "max_ttl_s", "token_ttl_s", "approvals"], rows);
                     }
                 }
             }
         }
         Command::Request(r) => {
-            let body = request_body(&r.target, &r.ttl, &r.reason, r.binding.as_deref(), r.idle.as_deref(), r.max_uses, r.not_before.as_deref())?;
+            let body = request_body(
+                &r.target,
+                &r.ttl,
+                &r.reason,
+                r.binding.as_deref(),
+                r.idle.as_deref(),
+                r.max_uses,
+                r.not_before.as_deref(),
+            )?;
             let v = client()?.post("/v1/sessions", body).await?;
             print_session(&v, cli.json);
         }
         Command::Approve { id, comment } => {
-            let v = client()?.post(&format!("/v1/sessions/{id}/approve"), json!({"comment": comment})).await?;
+            let v = client()?
+                .post(&format!("/v1/sessions/{id}/approve"), json!({"comment": comment}))
+                .await?;
             print_session(&v, cli.json);
         }
         Command::Deny { id, reason } => {
-            let v = client()?.post(&format!("/v1/sessions/{id}/deny"), json!({"reason": reason})).await?;
+            let v = client()?
+                .post(&format!("/v1/sessions/{id}/deny"), json!({"reason": reason}))
+                .await?;
             print_session(&v, cli.json);
         }
         Command::Sessions { state, target } => {
             let mut q = vec!["limit=1000".to_owned()];
-            if let Some(st) = state { q.push(format!("state={st}")); }
-            if let Some(t) = target { q.push(format!("target={t}")); }
+            if let Some(st) = state {
+                q.push(format!("state={st}"));
+            }
+            if let Some(t) = target {
+                q.push(format!("target={t}"));
+            }
             let v = client()?.get(&format!("/v1/sessions?{}", q.join("&"))).await?;
             if cli.json {
                 print_json(&v);
             } else {
-                let rows = v["items"].as_array().cloned().unwrap_or_default().iter().map(|x| {
-                    vec![s(&x["id"]), s(&x["state"]), s(&x["target"]), s(&x["principal"]), s(&x["expires_at"]), s(&x["end_reason"]), s(&x["reason"])]
-                }).collect();
-                table(&["id", "state", "target", "principal", "expires_at", "end_reason", "reason"], rows);
+                let rows = v["items"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            s(&x["id"]),
+                            s(&x["state"]),
+                            s(&x["target"]),
+                            s(&x["principal"]),
+                            s(&x["expires_at"]),
+                            s(&x["end_reason"]),
+                            s(&x["reason"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "id",
+                        "state",
+                        "target",
+                        "principal",
+                        "expires_at",
+                        "end_reason",
+                        "reason",
+                    ],
+                    rows,
+                );
             }
         }
         Command::Show { id } => {
@@ -426,19 +535,31 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print_session(&v, cli.json);
         }
         Command::Creds { id, token_only } => {
-            let v = client()?.post(&format!("/v1/sessions/{id}/credentials"), json!({})).await?;
-            if token_only { println!("{}", s(&v["access_token"])) } else { print_json(&v) }
+            let v = client()?
+                .post(&format!("/v1/sessions/{id}/credentials"), json!({}))
+                .await?;
+            if token_only {
+                println!("{}", s(&v["access_token"]))
+            } else {
+                print_json(&v)
+            }
         }
         Command::End { id } => {
-            let v = client()?.post(&format!("/v1/sessions/{id}/end"), json!({})).await?;
+            let v = client()?
+                .post(&format!("/v1/sessions/{id}/end"), json!({}))
+                .await?;
             print_session(&v, cli.json);
         }
         Command::Cancel { id } => {
-            let v = client()?.post(&format!("/v1/sessions/{id}/cancel"), json!({})).await?;
+            let v = client()?
+                .post(&format!("/v1/sessions/{id}/cancel"), json!({}))
+                .await?;
             print_session(&v, cli.json);
         }
         Command::Heartbeat { id } => {
-            client()?.post(&format!("/v1/sessions/{id}/heartbeat"), json!({})).await?;
+            client()?
+                .post(&format!("/v1/sessions/{id}/heartbeat"), json!({}))
+                .await?;
         }
         Command::Evidence { id } => print_json(&client()?.get(&format!("/v1/sessions/{id}/evidence")).await?),
         Command::Audit(a) => {
@@ -449,15 +570,26 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     if cli.json {
                         print_json(&v);
                     } else if v["ok"].as_bool() == Some(true) {
-                        println!("audit chain OK: {} events, head {}", s(&v["events"]), s(&v["head_hash"]));
+                        println!(
+                            "audit chain OK: {} events, head {}",
+                            s(&v["events"]),
+                            s(&v["head_hash"])
+                        );
                     } else {
-                        println!("audit chain BROKEN at seq {}: {}", s(&v["first_bad_seq"]), s(&v["problem"]));
+                        println!(
+                            "audit chain BROKEN at seq {}: {}",
+                            s(&v["first_bad_seq"]),
+                            s(&v["problem"])
+                        );
                     }
                     if v["ok"].as_bool() != Some(true) {
                         return Ok(ExitCode::from(2));
                     }
                 }
-                AuditCmd::List { after, limit } => print_json(&c.get(&format!("/v1/audit?after_seq={after}&limit={limit}")).await?),
+                AuditCmd::List { after, limit } => print_json(
+                    &c.get(&format!("/v1/audit?after_seq={after}&limit={limit}"))
+                        .await?,
+                ),
             }
         }
         Command::Exec(e) => return crate::exec::run(client()?, e).await,

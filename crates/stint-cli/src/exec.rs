@@ -39,7 +39,10 @@ fn hostname() -> String {
 
 fn seconds_until(v: &Value) -> Option<i64> {
     let t = OffsetDateTime::parse(v.as_str()?, &Rfc3339).ok()?;
-    #[expect(clippy::disallowed_methods, reason = "the CLI has no injected clock; this only drives a countdown")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the CLI has no injected clock; this only drives a countdown"
+    )]
     let now = OffsetDateTime::now_utc();
     Some((t - now).whole_seconds())
 }
@@ -50,14 +53,21 @@ enum Waited {
     Interrupted,
 }
 
-async fn wait_for_approval(c: &Client, id: &str, first: &Value, give_up_s: Option<u64>) -> anyhow::Result<Waited> {
+async fn wait_for_approval(
+    c: &Client,
+    id: &str,
+    first: &Value,
+    give_up_s: Option<u64>,
+) -> anyhow::Result<Waited> {
     let mut state = first["state"].as_str().unwrap_or_default().to_owned();
     if state == "active" {
         return Ok(Waited::Active);
     }
     eprintln!("stint: session {id} needs approval: ask an approver to run `stint approve {id}`");
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.enable_steady_tick(Duration::from_millis(120));
     let started = std::time::Instant::now();
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -66,9 +76,21 @@ async fn wait_for_approval(c: &Client, id: &str, first: &Value, give_up_s: Optio
     let mut current = first.clone();
     let outcome = loop {
         let left = seconds_until(&current["approval_deadline"]).unwrap_or(0).max(0);
-        let what = if state == "scheduled" { "scheduled start" } else { "approval" };
-        let left = if state == "scheduled" { seconds_until(&current["not_before"]).unwrap_or(0).max(0) } else { left };
-        bar.set_message(format!("waiting for {what} of {id} ({:02}:{:02} left)", left / 60, left % 60));
+        let what = if state == "scheduled" {
+            "scheduled start"
+        } else {
+            "approval"
+        };
+        let left = if state == "scheduled" {
+            seconds_until(&current["not_before"]).unwrap_or(0).max(0)
+        } else {
+            left
+        };
+        bar.set_message(format!(
+            "waiting for {what} of {id} ({:02}:{:02} left)",
+            left / 60,
+            left % 60
+        ));
         tokio::select! {
             _ = poll.tick() => {}
             _ = sigint.recv() => break Waited::Interrupted,
@@ -116,10 +138,26 @@ pub async fn run(c: Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| format!("process:pid-{}@{}", std::process::id(), hostname()));
     let idle_s = parse_duration(&a.idle).context("--idle")?.max(3);
-    let give_up = a.wait.as_deref().map(parse_duration).transpose().context("--wait")?;
-    let body = request_body(&a.target, &a.ttl, &a.reason, Some(&binding), Some(&idle_s.to_string()), None, None)?;
+    let give_up = a
+        .wait
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .context("--wait")?;
+    let body = request_body(
+        &a.target,
+        &a.ttl,
+        &a.reason,
+        Some(&binding),
+        Some(&idle_s.to_string()),
+        None,
+        None,
+    )?;
     let session = c.post("/v1/sessions", body).await?;
-    let id = session["id"].as_str().context("the server returned no session id")?.to_owned();
+    let id = session["id"]
+        .as_str()
+        .context("the server returned no session id")?
+        .to_owned();
 
     match wait_for_approval(&c, &id, &session, give_up).await {
         Ok(Waited::Active) => {}
@@ -141,15 +179,23 @@ pub async fn run(c: Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
     let result = run_child(&c, &id, idle_s, &a.command).await;
     // Whatever happened to the child, the session ends now.
     match c.post(&format!("/v1/sessions/{id}/end"), json!({})).await {
-        Ok(v) => eprintln!("stint: session {id} ended ({})", v["end_reason"].as_str().unwrap_or("?")),
+        Ok(v) => eprintln!(
+            "stint: session {id} ended ({})",
+            v["end_reason"].as_str().unwrap_or("?")
+        ),
         Err(e) => eprintln!("stint: session {id} already over: {e}"),
     }
     result
 }
 
 async fn run_child(c: &Client, id: &str, idle_s: u64, command: &[String]) -> anyhow::Result<ExitCode> {
-    let cred = c.post(&format!("/v1/sessions/{id}/credentials"), json!({})).await?;
-    let token = cred["access_token"].as_str().context("no access token in the answer")?.to_owned();
+    let cred = c
+        .post(&format!("/v1/sessions/{id}/credentials"), json!({}))
+        .await?;
+    let token = cred["access_token"]
+        .as_str()
+        .context("no access token in the answer")?
+        .to_owned();
     let dir = token_dir(id)?;
     let token_file = dir.join("access_token");
     write_token_file(&token_file, &token)?;

@@ -98,8 +98,8 @@ impl PendingAudit {
         let details = self.details.to_string();
         let session = self.session.as_ref().map(|s| s.as_str().to_owned());
         // INVARIANT: `details` was produced from a serde_json::Value just above, so it parses.
-        let canon = canonical(seq, &at, &self.actor, &self.action, session.as_deref(), &details)
-            .unwrap_or_default();
+        let canon =
+            canonical(seq, &at, &self.actor, &self.action, session.as_deref(), &details).unwrap_or_default();
         AuditRecord {
             seq,
             hash: chain_hash(prev_hash, &canon),
@@ -165,7 +165,14 @@ impl Verifier {
         } else if r.prev_hash != self.head {
             Some("prev_hash does not match the previous event's hash".to_owned())
         } else {
-            match canonical(r.seq, &r.at, &r.actor, &r.action, r.session.as_deref(), &r.details) {
+            match canonical(
+                r.seq,
+                &r.at,
+                &r.actor,
+                &r.action,
+                r.session.as_deref(),
+                &r.details,
+            ) {
                 None => Some("details do not parse as JSON".to_owned()),
                 Some(canon) if chain_hash(&r.prev_hash, &canon) != r.hash => {
                     Some("hash does not match the event's content".to_owned())
@@ -254,7 +261,14 @@ mod tests {
 
     #[test]
     fn canonical_form_sorts_keys_and_is_compact() {
-        let c = canonical(1, "t", "system", "a.b", None, r#"{"z": 1, "a": {"y": 2, "b": 3}}"#);
+        let c = canonical(
+            1,
+            "t",
+            "system",
+            "a.b",
+            None,
+            r#"{"z": 1, "a": {"y": 2, "b": 3}}"#,
+        );
         assert_eq!(
             c.as_deref(),
             Some(
@@ -303,8 +317,8 @@ mod tests {
     fn rehashing_a_changed_row_still_breaks_the_next_link() {
         let mut c = chain(4);
         c[1].actor = "prn_evil".into();
-        let canon = canonical(2, &c[1].at, &c[1].actor, &c[1].action, None, &c[1].details)
-            .unwrap_or_default();
+        let canon =
+            canonical(2, &c[1].at, &c[1].actor, &c[1].action, None, &c[1].details).unwrap_or_default();
         c[1].hash = chain_hash(&c[1].prev_hash, &canon);
         assert_eq!(verify(&c).first_bad_seq, Some(3));
     }

@@ -24,7 +24,10 @@ pub fn truncate_ms(t: OffsetDateTime) -> OffsetDateTime {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    #[expect(clippy::disallowed_methods, reason = "the one sanctioned read of the system time")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the one sanctioned read of the system time"
+    )]
     fn now(&self) -> OffsetDateTime {
         truncate_ms(OffsetDateTime::now_utc())
     }

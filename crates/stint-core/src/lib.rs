@@ -13,6 +13,6 @@ pub use audit::{AuditRecord, ChainVerification, PendingAudit};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use id::{CredentialId, PrincipalId, SessionId};
 pub use session::{
-    Actor, Approval, Binding, BindingKind, Credential, CredentialKind, Effect, EndReason, Event,
-    NewSession, Revocation, Session, State, TransitionError,
+    Actor, Approval, Binding, BindingKind, Credential, CredentialKind, Effect, EndReason, Event, NewSession,
+    Revocation, Session, State, TransitionError,
 };

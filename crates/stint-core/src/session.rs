@@ -130,6 +130,7 @@ pub enum BindingKind {
 
 /// The external activity a session is tied to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Binding {
     /// What kind of activity.
     pub kind: BindingKind,
@@ -209,6 +210,9 @@ pub struct Credential {
     pub revoked_at: Option<OffsetDateTime>,
     /// Revocation progress.
     pub revocation: Revocation,
+    /// When its first use was recorded.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub first_used_at: Option<OffsetDateTime>,
 }
 
 /// Who caused a change.
@@ -381,6 +385,16 @@ pub enum Event {
         /// Which.
         credential: CredentialId,
         /// Who asked.
+        by: Actor,
+    },
+    /// The target's limits shrank: caps `ttl_s`, the deadline (counted from the start) and every
+    /// credential's expiry. Never extends anything. Ends the session at once if it is now overdue.
+    Limit {
+        /// The target's new `max_ttl_s`.
+        max_ttl_s: u64,
+        /// The target's new `token_ttl_s`.
+        token_ttl_s: u64,
+        /// Who changed the target.
         by: Actor,
     },
     /// The provider confirmed a credential is dead.
@@ -596,18 +610,25 @@ impl Session {
                 last_at,
                 first_use,
             } => {
-                s.require_active(now)?;
-                let cred = s
-                    .credentials
-                    .iter()
-                    .find(|c| c.id == credential)
-                    .ok_or(TransitionError::UnknownCredential)?;
+                // Uses are judged by when they happened: uses reported after the deadline (the
+                // aggregate flushed by the tick that ends the session) still count.
+                if s.state != State::Active || s.expires_at.is_none_or(|d| last_at >= d) {
+                    return Err(TransitionError::NotActive);
+                }
                 let count = match s.max_uses {
                     Some(max) => count.min(max.saturating_sub(s.uses)),
                     None => count,
                 };
                 if count == 0 {
                     return Err(TransitionError::NotActive);
+                }
+                let cred = s
+                    .credentials
+                    .iter_mut()
+                    .find(|c| c.id == credential)
+                    .ok_or(TransitionError::UnknownCredential)?;
+                if cred.first_used_at.is_none() {
+                    cred.first_used_at = Some(first_at.min(now));
                 }
                 let kind = cred.kind;
                 s.uses = s.uses.saturating_add(count);
@@ -654,6 +675,7 @@ impl Session {
                 s.credentials.push(Credential {
                     revocation: Revocation::None,
                     revoked_at: None,
+                    first_used_at: None,
                     issued_at: now,
                     ..credential
                 });
@@ -678,6 +700,40 @@ impl Session {
                         kind,
                         handle,
                     });
+                }
+            }
+            Event::Limit {
+                max_ttl_s,
+                token_ttl_s,
+                by,
+            } => {
+                if s.state.is_final() {
+                    return Err(TransitionError::AlreadyFinal(s.state.as_str()));
+                }
+                s.ttl_s = s.ttl_s.min(max_ttl_s.max(1));
+                s.token_ttl_s = s.token_ttl_s.min(token_ttl_s.max(1));
+                let start = s
+                    .activated_at
+                    .or(s.not_before.filter(|_| s.state == State::Scheduled));
+                if let (Some(start), Some(deadline)) = (start, s.expires_at) {
+                    let capped = deadline.min(start + secs(s.ttl_s));
+                    s.expires_at = Some(capped);
+                    for c in &mut s.credentials {
+                        c.expires_at = c.expires_at.min(capped);
+                    }
+                }
+                if s != *self {
+                    fx.push(s.audit(
+                        now,
+                        &by,
+                        "session.limited",
+                        json!({
+                            "ttl_s": s.ttl_s,
+                            "token_ttl_s": s.token_ttl_s,
+                            "expires_at": s.expires_at.map(crate::audit::format_time),
+                        }),
+                    ));
+                    s.advance(now, &mut fx);
                 }
             }
             Event::RevocationConfirmed { credential } => {

@@ -5,8 +5,8 @@
 use proptest::prelude::*;
 use stint_core::session::MAX_DURATION_S;
 use stint_core::{
-    Actor, Binding, BindingKind, Credential, CredentialId, CredentialKind, Effect, EndReason,
-    Event, NewSession, PrincipalId, Revocation, Session, SessionId, State, TransitionError,
+    Actor, Binding, BindingKind, Credential, CredentialId, CredentialKind, Effect, EndReason, Event,
+    NewSession, PrincipalId, Revocation, Session, SessionId, State, TransitionError,
 };
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -154,6 +154,7 @@ fn credential(id: u128, expires_at: OffsetDateTime) -> Credential {
         expires_at,
         revoked_at: None,
         revocation: Revocation::None,
+        first_used_at: None,
     }
 }
 
@@ -284,11 +285,7 @@ fn two_required_approvals_from_distinct_approvers_activate_the_session() {
     let (s, _) = request(new_session(2), T0);
 
     let (s, fx) = step(&s, approve(approver(1)), at(10));
-    assert_eq!(
-        s.state,
-        State::Requested,
-        "one of two approvals is not enough"
-    );
+    assert_eq!(s.state, State::Requested, "one of two approvals is not enough");
     assert_eq!(actions(&fx), ["session.approved"]);
     assert_eq!(s.approvals.len(), 1);
     assert_eq!(s.expires_at, None);
@@ -296,10 +293,7 @@ fn two_required_approvals_from_distinct_approvers_activate_the_session() {
     let (s, fx) = step(&s, approve(approver(2)), at(20));
     assert_eq!(s.state, State::Active);
     assert_eq!(actions(&fx), ["session.approved", "session.activated"]);
-    assert_eq!(
-        audit(&fx, "session.approved").actor,
-        approver(2).to_string()
-    );
+    assert_eq!(audit(&fx, "session.approved").actor, approver(2).to_string());
     assert_eq!(s.activated_at, Some(at(20)));
     assert_eq!(
         s.expires_at,
@@ -570,20 +564,11 @@ fn ended_session_is_final() {
         ),
         TransitionError::NotActive
     );
-    assert_eq!(
-        refused(&s, used(1, 1, now), now),
-        TransitionError::NotActive
-    );
+    assert_eq!(refused(&s, used(1, 1, now), now), TransitionError::NotActive);
     assert_eq!(s.credential_expiry(now), Err(TransitionError::NotActive));
 
     // Time passing is accepted but changes nothing.
-    let (after, fx) = step(
-        &s,
-        Event::Tick {
-            activity: Some(now),
-        },
-        at(5_000),
-    );
+    let (after, fx) = step(&s, Event::Tick { activity: Some(now) }, at(5_000));
     assert_eq!(after, s);
     assert!(fx.is_empty());
     assert_eq!(s.next_wake(), None);
@@ -804,10 +789,7 @@ fn uses_up_to_max_uses_end_session_with_reason_max_uses() {
     assert_eq!(s.end_reason, Some(EndReason::MaxUses));
     assert_eq!(actions(&fx), ["credential.used", "session.ended"]);
     assert_eq!(revoked_ids(&fx), [cred_id(1)]);
-    assert_eq!(
-        refused(&s, used(1, 1, at(5)), at(5)),
-        TransitionError::NotActive
-    );
+    assert_eq!(refused(&s, used(1, 1, at(5)), at(5)), TransitionError::NotActive);
 }
 
 #[test]
@@ -983,14 +965,8 @@ fn issue_on_session_that_is_not_active_is_refused() {
 fn credential_expiry_after_deadline_is_refused_before_any_tick() {
     let s = active();
     assert_eq!(s.state, State::Active, "no tick has ended it yet");
-    assert_eq!(
-        s.credential_expiry(at(1_000)),
-        Err(TransitionError::NotActive)
-    );
-    assert_eq!(
-        s.credential_expiry(at(2_000)),
-        Err(TransitionError::NotActive)
-    );
+    assert_eq!(s.credential_expiry(at(1_000)), Err(TransitionError::NotActive));
+    assert_eq!(s.credential_expiry(at(2_000)), Err(TransitionError::NotActive));
     assert!(!s.is_live(at(1_000)));
     assert_eq!(
         refused(
@@ -1014,6 +990,19 @@ fn use_after_deadline_is_refused_before_any_tick() {
 }
 
 #[test]
+fn uses_that_happened_before_the_deadline_count_when_reported_after_it() {
+    let s = issue(&active(), 1, at(1));
+    let deadline = s.expires_at.unwrap_or(T0);
+    let (s, fx) = step(
+        &s,
+        used(1, 5, deadline - time::Duration::seconds(1)),
+        deadline + time::Duration::seconds(1),
+    );
+    assert_eq!(s.uses, 5);
+    assert_eq!(actions(&fx), ["credential.used"]);
+}
+
+#[test]
 fn revoking_one_credential_asks_provider_and_confirmation_marks_it_revoked() {
     let s = issue(&active(), 1, at(1));
     let (s, fx) = step(
@@ -1024,10 +1013,7 @@ fn revoking_one_credential_asks_provider_and_confirmation_marks_it_revoked() {
         },
         at(2),
     );
-    let revokes: Vec<_> = fx
-        .iter()
-        .filter(|e| matches!(e, Effect::Revoke { .. }))
-        .collect();
+    let revokes: Vec<_> = fx.iter().filter(|e| matches!(e, Effect::Revoke { .. })).collect();
     assert_eq!(
         revokes,
         [&Effect::Revoke {
@@ -1131,10 +1117,7 @@ fn revocation_events_for_unknown_credentials_are_refused() {
             error: "x".to_owned(),
         },
     ] {
-        assert_eq!(
-            refused(&s, event, at(2)),
-            TransitionError::UnknownCredential
-        );
+        assert_eq!(refused(&s, event, at(2)), TransitionError::UnknownCredential);
     }
 }
 
@@ -1220,11 +1203,7 @@ fn use_report_with_older_last_at_does_not_move_idle_deadline_back() {
     let (s, _) = step(&s, used(1, 1, at(10)), at(56));
     assert_eq!(s.last_activity_at, Some(at(50)));
     let (s, _) = step(&s, tick(), at(70));
-    assert_eq!(
-        s.state,
-        State::Active,
-        "active at 50 s, so not idle before 110 s"
-    );
+    assert_eq!(s.state, State::Active, "active at 50 s, so not idle before 110 s");
 }
 
 #[test]
@@ -1237,21 +1216,14 @@ fn activity_before_activation_does_not_shorten_idle_window() {
         },
         at(31),
     );
-    assert_eq!(
-        s.state,
-        State::Active,
-        "active for 31 s of a 60 s idle timeout"
-    );
+    assert_eq!(s.state, State::Active, "active for 31 s of a 60 s idle timeout");
     assert_eq!(s.idle_deadline(), Some(at(60)));
 }
 
 #[test]
 fn activity_after_idle_deadline_does_not_revive_session() {
     let s = issue(&active_with(|n| n.idle_timeout_s = Some(60)), 1, at(1));
-    assert!(
-        !s.is_live(at(61)),
-        "idle since 60 s: issue and use are refused"
-    );
+    assert!(!s.is_live(at(61)), "idle since 60 s: issue and use are refused");
     let (s, _) = step(
         &s,
         Event::Tick {
@@ -1267,9 +1239,7 @@ fn activity_after_idle_deadline_does_not_revive_session() {
 fn huge_use_counts_do_not_panic() {
     let s = issue(&active(), 1, at(1));
     let (s, _) = step(&s, used(1, u64::MAX, at(2)), at(2));
-    let uses = s
-        .apply(used(1, 1, at(3)), at(3))
-        .map_or(s.uses, |(s, _)| s.uses);
+    let uses = s.apply(used(1, 1, at(3)), at(3)).map_or(s.uses, |(s, _)| s.uses);
     assert_eq!(uses, u64::MAX);
 }
 
@@ -1438,9 +1408,7 @@ fn pick_credential(s: &Session, i: u8) -> CredentialId {
     if s.credentials.is_empty() {
         cred_id(0xdead)
     } else {
-        s.credentials[usize::from(i) % s.credentials.len()]
-            .id
-            .clone()
+        s.credentials[usize::from(i) % s.credentials.len()].id.clone()
     }
 }
 
@@ -1474,9 +1442,7 @@ fn to_event(s: &Session, op: &Op, now: OffsetDateTime, next_cred: &mut u128) -> 
         },
         Op::Issue => {
             *next_cred += 1;
-            let expires_at = s
-                .credential_expiry(now)
-                .unwrap_or(now + Duration::seconds(1));
+            let expires_at = s.credential_expiry(now).unwrap_or(now + Duration::seconds(1));
             Event::Issue {
                 credential: credential(*next_cred, expires_at),
             }
@@ -1579,12 +1545,7 @@ fn check_session(s: &Session) -> Result<(), TestCaseError> {
     // (e) An ended session leaves no credential unrevoked.
     if s.state == State::Ended {
         for c in &s.credentials {
-            prop_assert_ne!(
-                c.revocation,
-                Revocation::None,
-                "credential {} forgotten",
-                c.id
-            );
+            prop_assert_ne!(c.revocation, Revocation::None, "credential {} forgotten", c.id);
         }
         prop_assert!(s.end_reason.is_some());
     }
@@ -1635,17 +1596,21 @@ fn check_step(
     match event {
         // (f) Credentials only while live, never past what `credential_expiry` allows.
         Event::Issue { credential } => {
-            prop_assert!(
-                before.is_live(now),
-                "issued while not live at {now}: {before:?}"
-            );
+            prop_assert!(before.is_live(now), "issued while not live at {now}: {before:?}");
             prop_assert!(model_live(before, now), "issued while not live at {now}");
             let limit = before.credential_expiry(now);
             prop_assert!(limit.is_ok_and(|l| credential.expires_at <= l));
             prop_assert_eq!(after.credentials.len(), before.credentials.len() + 1);
         }
-        // Uses only while live.
-        Event::Used { .. } => prop_assert!(model_live(before, now), "use while not live"),
+        // Uses only of an active session, and only uses that happened before its deadline (an
+        // aggregate may be reported after it).
+        Event::Used { last_at, .. } => {
+            prop_assert_eq!(before.state, State::Active);
+            prop_assert!(
+                before.expires_at.is_some_and(|d| *last_at < d),
+                "use after the deadline"
+            );
+        }
         // Decisions only while waiting, within the approval window.
         Event::Approve { .. } | Event::Deny { .. } => {
             prop_assert_eq!(before.state, State::Requested);
@@ -1733,4 +1698,31 @@ proptest! {
             check_session(&s)?;
         }
     }
+}
+
+#[test]
+fn shrinking_limits_cap_the_deadline_and_credentials_but_never_extend() {
+    let s = issue(&active(), 1, at(1));
+    let start = s.activated_at.unwrap_or(T0);
+    let limit = |max: u64| Event::Limit {
+        max_ttl_s: max,
+        token_ttl_s: 10_000,
+        by: Actor::System,
+    };
+    let (capped, fx) = step(&s, limit(60), at(2));
+    assert_eq!(capped.expires_at, Some(start + time::Duration::seconds(60)));
+    assert!(
+        capped
+            .credentials
+            .iter()
+            .all(|c| Some(c.expires_at) <= capped.expires_at)
+    );
+    assert_eq!(actions(&fx), ["session.limited"]);
+    let (again, fx) = step(&capped, limit(100_000), at(3));
+    assert_eq!(again.expires_at, capped.expires_at);
+    assert!(fx.is_empty());
+    let (ended, fx) = step(&s, limit(1), at(5));
+    assert_eq!(ended.state, State::Ended);
+    assert_eq!(ended.end_reason, Some(EndReason::Deadline));
+    assert!(actions(&fx).contains(&"session.ended"));
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -11,16 +11,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use stint_proto::{
-    ApiKey, ApproveRequest, AuditEvent, AuditVerification, CreatePrincipal, CreateSession,
-    CreateTarget, DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection,
-    JwtCredential, KeyRotated, List, Principal, PrincipalCreated, PrincipalKind, Problem,
-    SessionView, Target,
+    ApiKey, ApproveRequest, AuditEvent, AuditVerification, CreatePrincipal, CreateSession, CreateTarget,
+    DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection, JwtCredential, KeyRotated, List,
+    Principal, PrincipalCreated, PrincipalKind, Problem, SessionView, Target,
 };
 use stint_store::{PrincipalRecord, SessionFilter};
 use utoipa::OpenApi;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Auth, Body, OAuthAuth, OAuthError, OAuthForm, OptionalBody, Params};
+use crate::extract::{Auth, Body, OAuthAuth, OAuthError, OAuthForm, OptionalBody, Params, PathId};
 use crate::metrics as m;
 use crate::service::{PatchTarget, Service, is_admin};
 
@@ -40,7 +39,10 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/principals/{id}", get(get_principal).delete(delete_principal))
         .route("/v1/principals/{id}/rotate-key", post(rotate_key))
         .route("/v1/targets", post(create_target).get(list_targets))
-        .route("/v1/targets/{name}", get(get_target).patch(patch_target).delete(delete_target))
+        .route(
+            "/v1/targets/{name}",
+            get(get_target).patch(patch_target).delete(delete_target),
+        )
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session))
         .route("/v1/sessions/{id}/approve", post(approve))
@@ -88,7 +90,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }
 
 /// List query parameters.
@@ -147,7 +153,9 @@ fn principal_view(p: &PrincipalRecord) -> Principal {
 }
 
 fn next_cursor<T>(items: &[T], limit: u32, key: impl Fn(&T) -> String) -> Option<String> {
-    (items.len() == limit as usize).then(|| items.last().map(key)).flatten()
+    (items.len() == limit as usize)
+        .then(|| items.last().map(key))
+        .flatten()
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
@@ -161,7 +169,12 @@ async fn readyz(State(svc): Svc) -> (StatusCode, Json<Health>) {
     if svc.ready.load(Ordering::Acquire) {
         (StatusCode::OK, Json(Health { status: "ok".into() }))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "starting".into() }))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "starting".into(),
+            }),
+        )
     }
 }
 
@@ -189,7 +202,8 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 async fn jwks(State(svc): Svc) -> Response {
     let set = svc.keys.jwks(svc.clock.now());
     let mut resp = Json(set).into_response();
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
     resp
 }
 
@@ -219,15 +233,29 @@ async fn as_metadata(State(svc): Svc) -> Json<serde_json::Value> {
     responses((status = 201, body = PrincipalCreated), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("api_key" = [])))]
-async fn create_principal(State(svc): Svc, Auth(c): Auth, Body(req): Body<CreatePrincipal>) -> ApiResult<(StatusCode, Json<PrincipalCreated>)> {
+async fn create_principal(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Body(req): Body<CreatePrincipal>,
+) -> ApiResult<(StatusCode, Json<PrincipalCreated>)> {
     let (p, api_key) = svc.create_principal(&c, req).await?;
-    Ok((StatusCode::CREATED, Json(PrincipalCreated { principal: principal_view(&p), api_key })))
+    Ok((
+        StatusCode::CREATED,
+        Json(PrincipalCreated {
+            principal: principal_view(&p),
+            api_key,
+        }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/principals", tag = "principals", params(ListQuery),
     responses((status = 200, body = List<Principal>), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("api_key" = [])))]
-async fn list_principals(State(svc): Svc, Auth(c): Auth, Params(q): Params<ListQuery>) -> ApiResult<Json<List<Principal>>> {
+async fn list_principals(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Params(q): Params<ListQuery>,
+) -> ApiResult<Json<List<Principal>>> {
     let limit = page_limit(q.limit)?;
     let items = svc.principals(&c, q.cursor.as_deref(), limit).await?;
     Ok(Json(List {
@@ -239,7 +267,7 @@ async fn list_principals(State(svc): Svc, Auth(c): Auth, Params(q): Params<ListQ
 #[utoipa::path(get, path = "/v1/principals/{id}", tag = "principals",
     responses((status = 200, body = Principal), (status = 401, body = Problem), (status = 404, body = Problem)),
     security(("api_key" = [])))]
-async fn get_principal(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<Principal>> {
+async fn get_principal(State(svc): Svc, Auth(c): Auth, PathId(id): PathId) -> ApiResult<Json<Principal>> {
     Ok(Json(principal_view(&svc.principal(&c, &id).await?)))
 }
 
@@ -248,15 +276,17 @@ async fn get_principal(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -
     responses((status = 200, body = Principal), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("api_key" = [])))]
-async fn delete_principal(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<Principal>> {
+async fn delete_principal(State(svc): Svc, Auth(c): Auth, PathId(id): PathId) -> ApiResult<Json<Principal>> {
     Ok(Json(principal_view(&svc.offboard(&c, &id).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/principals/{id}/rotate-key", tag = "principals",
     responses((status = 200, body = ApiKey), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("api_key" = [])))]
-async fn rotate_key(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<ApiKey>> {
-    Ok(Json(ApiKey { api_key: svc.rotate_key(&c, &id).await? }))
+async fn rotate_key(State(svc): Svc, Auth(c): Auth, PathId(id): PathId) -> ApiResult<Json<ApiKey>> {
+    Ok(Json(ApiKey {
+        api_key: svc.rotate_key(&c, &id).await?,
+    }))
 }
 
 // ----- targets ---------------------------------------------------------------------------------
@@ -265,14 +295,25 @@ async fn rotate_key(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> A
     responses((status = 201, body = Target), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("api_key" = [])))]
-async fn create_target(State(svc): Svc, Auth(c): Auth, Body(req): Body<CreateTarget>) -> ApiResult<(StatusCode, Json<Target>)> {
-    Ok((StatusCode::CREATED, Json(svc.create_target(&c, req).await?.view())))
+async fn create_target(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Body(req): Body<CreateTarget>,
+) -> ApiResult<(StatusCode, Json<Target>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(svc.create_target(&c, req).await?.view()),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/targets", tag = "targets", params(ListQuery),
     responses((status = 200, body = List<Target>), (status = 401, body = Problem)),
     security(("api_key" = [])))]
-async fn list_targets(State(svc): Svc, Auth(_c): Auth, Params(q): Params<ListQuery>) -> ApiResult<Json<List<Target>>> {
+async fn list_targets(
+    State(svc): Svc,
+    Auth(_c): Auth,
+    Params(q): Params<ListQuery>,
+) -> ApiResult<Json<List<Target>>> {
     let limit = page_limit(q.limit)?;
     let items = svc.targets(q.cursor.as_deref(), limit).await?;
     Ok(Json(List {
@@ -284,7 +325,7 @@ async fn list_targets(State(svc): Svc, Auth(_c): Auth, Params(q): Params<ListQue
 #[utoipa::path(get, path = "/v1/targets/{name}", tag = "targets",
     responses((status = 200, body = Target), (status = 401, body = Problem), (status = 404, body = Problem)),
     security(("api_key" = [])))]
-async fn get_target(State(svc): Svc, Auth(_c): Auth, Path(name): Path<String>) -> ApiResult<Json<Target>> {
+async fn get_target(State(svc): Svc, Auth(_c): Auth, PathId(name): PathId) -> ApiResult<Json<Target>> {
     Ok(Json(svc.target(&name).await?.view()))
 }
 
@@ -292,7 +333,12 @@ async fn get_target(State(svc): Svc, Auth(_c): Auth, Path(name): Path<String>) -
     responses((status = 200, body = Target), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 422, body = Problem)),
     security(("api_key" = [])))]
-async fn patch_target(State(svc): Svc, Auth(c): Auth, Path(name): Path<String>, Body(p): Body<PatchTarget>) -> ApiResult<Json<Target>> {
+async fn patch_target(
+    State(svc): Svc,
+    Auth(c): Auth,
+    PathId(name): PathId,
+    Body(p): Body<PatchTarget>,
+) -> ApiResult<Json<Target>> {
     Ok(Json(svc.patch_target(&c, &name, p).await?.view()))
 }
 
@@ -300,7 +346,7 @@ async fn patch_target(State(svc): Svc, Auth(c): Auth, Path(name): Path<String>, 
     description = "Deletes the target and ends all its sessions (reason `revoked`).",
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("api_key" = [])))]
-async fn delete_target(State(svc): Svc, Auth(c): Auth, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_target(State(svc): Svc, Auth(c): Auth, PathId(name): PathId) -> ApiResult<StatusCode> {
     svc.delete_target(&c, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -311,7 +357,11 @@ async fn delete_target(State(svc): Svc, Auth(c): Auth, Path(name): Path<String>)
     responses((status = 201, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 422, body = Problem)),
     security(("api_key" = [])))]
-async fn create_session(State(svc): Svc, Auth(c): Auth, Body(req): Body<CreateSession>) -> ApiResult<(StatusCode, Json<SessionView>)> {
+async fn create_session(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Body(req): Body<CreateSession>,
+) -> ApiResult<(StatusCode, Json<SessionView>)> {
     let s = svc.request(&c, req).await?;
     Ok((StatusCode::CREATED, Json(SessionView::from(&s))))
 }
@@ -319,24 +369,42 @@ async fn create_session(State(svc): Svc, Auth(c): Auth, Body(req): Body<CreateSe
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(SessionQuery),
     responses((status = 200, body = List<SessionView>), (status = 401, body = Problem), (status = 422, body = Problem)),
     security(("api_key" = [])))]
-async fn list_sessions(State(svc): Svc, Auth(c): Auth, Params(q): Params<SessionQuery>) -> ApiResult<Json<List<SessionView>>> {
+async fn list_sessions(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Params(q): Params<SessionQuery>,
+) -> ApiResult<Json<List<SessionView>>> {
     let limit = page_limit(q.limit)?;
     let state = match q.state.as_deref() {
         None => None,
-        Some(s) => Some(
-            stint_core::State::parse(s).ok_or_else(|| ApiError::invalid(format!("unknown state `{}`", s.chars().take(32).collect::<String>())))?,
-        ),
+        Some(s) => Some(stint_core::State::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "unknown `state`: use requested, scheduled, active, ended, denied, canceled or expired",
+            )
+        })?),
     };
     let (items, next) = svc
-        .sessions(&c, SessionFilter { state, principal: q.principal, target: q.target, after: q.cursor, limit })
+        .sessions(
+            &c,
+            SessionFilter {
+                state,
+                principal: q.principal,
+                target: q.target,
+                after: q.cursor,
+                limit,
+            },
+        )
         .await?;
-    Ok(Json(List { items: items.iter().map(SessionView::from).collect(), next_cursor: next }))
+    Ok(Json(List {
+        items: items.iter().map(SessionView::from).collect(),
+        next_cursor: next,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
     responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 404, body = Problem)),
     security(("api_key" = [])))]
-async fn get_session(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+async fn get_session(State(svc): Svc, Auth(c): Auth, PathId(id): PathId) -> ApiResult<Json<SessionView>> {
     Ok(Json(SessionView::from(&svc.session(&c, &id).await?)))
 }
 
@@ -344,7 +412,12 @@ async fn get_session(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> 
     responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("api_key" = [])))]
-async fn approve(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, OptionalBody(b): OptionalBody<ApproveRequest>) -> ApiResult<Json<SessionView>> {
+async fn approve(
+    State(svc): Svc,
+    Auth(c): Auth,
+    PathId(id): PathId,
+    OptionalBody(b): OptionalBody<ApproveRequest>,
+) -> ApiResult<Json<SessionView>> {
     Ok(Json(SessionView::from(&svc.approve(&c, &id, b.comment).await?)))
 }
 
@@ -352,7 +425,12 @@ async fn approve(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, Optiona
     responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("api_key" = [])))]
-async fn deny(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, Body(b): Body<DenyRequest>) -> ApiResult<Json<SessionView>> {
+async fn deny(
+    State(svc): Svc,
+    Auth(c): Auth,
+    PathId(id): PathId,
+    Body(b): Body<DenyRequest>,
+) -> ApiResult<Json<SessionView>> {
     Ok(Json(SessionView::from(&svc.deny(&c, &id, b.reason).await?)))
 }
 
@@ -360,7 +438,7 @@ async fn deny(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, Body(b): B
     responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("api_key" = [])))]
-async fn cancel(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+async fn cancel(State(svc): Svc, Auth(c): Auth, PathId(id): PathId) -> ApiResult<Json<SessionView>> {
     Ok(Json(SessionView::from(&svc.cancel(&c, &id).await?)))
 }
 
@@ -368,7 +446,12 @@ async fn cancel(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiRe
     responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("api_key" = [])))]
-async fn end(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, OptionalBody(b): OptionalBody<EndRequest>) -> ApiResult<Json<SessionView>> {
+async fn end(
+    State(svc): Svc,
+    Auth(c): Auth,
+    PathId(id): PathId,
+    OptionalBody(b): OptionalBody<EndRequest>,
+) -> ApiResult<Json<SessionView>> {
     Ok(Json(SessionView::from(&svc.end(&c, &id, b.reason).await?)))
 }
 
@@ -376,16 +459,39 @@ async fn end(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, OptionalBod
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("api_key" = [])))]
-async fn heartbeat(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn heartbeat(State(svc): Svc, Auth(c): Auth, PathId(id): PathId) -> ApiResult<StatusCode> {
     svc.heartbeat(&c, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/sessions/{id}/credentials", tag = "sessions",
+/// `POST /v1/sessions/{id}/credentials` body (empty for `jwt` targets).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    /// OpenSSH public key (ssh targets).
+    public_key: Option<String>,
+    /// Step-up nonce (break-glass sessions).
+    nonce: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/credentials", tag = "sessions", request_body = CredentialRequest,
     responses((status = 201, body = JwtCredential), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("api_key" = [])))]
-async fn credentials(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>, OptionalBody(_b): OptionalBody<serde_json::Value>) -> ApiResult<(StatusCode, Json<JwtCredential>)> {
+async fn credentials(
+    State(svc): Svc,
+    Auth(c): Auth,
+    PathId(id): PathId,
+    OptionalBody(b): OptionalBody<CredentialRequest>,
+) -> ApiResult<(StatusCode, Json<JwtCredential>)> {
+    if b.public_key.is_some() {
+        return Err(ApiError::invalid("`public_key` is only accepted for ssh targets"));
+    }
+    if b.nonce.is_some() {
+        return Err(ApiError::invalid(
+            "`nonce` is only accepted for break-glass sessions",
+        ));
+    }
     let issued = svc.issue_jwt(&c, &id).await?;
     Ok((
         StatusCode::CREATED,
@@ -415,7 +521,7 @@ fn audit_view(r: &stint_core::AuditRecord) -> AuditEvent {
 #[utoipa::path(get, path = "/v1/sessions/{id}/evidence", tag = "sessions",
     responses((status = 200, body = Evidence), (status = 401, body = Problem), (status = 404, body = Problem)),
     security(("api_key" = [])))]
-async fn evidence(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> ApiResult<Json<Evidence>> {
+async fn evidence(State(svc): Svc, Auth(c): Auth, PathId(id): PathId) -> ApiResult<Json<Evidence>> {
     let (s, events, chain) = svc.evidence(&c, &id).await?;
     Ok(Json(Evidence {
         session: SessionView::from(&s),
@@ -434,7 +540,11 @@ async fn evidence(State(svc): Svc, Auth(c): Auth, Path(id): Path<String>) -> Api
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = List<AuditEvent>), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("api_key" = [])))]
-async fn audit(State(svc): Svc, Auth(c): Auth, Params(q): Params<AuditQuery>) -> ApiResult<Json<List<AuditEvent>>> {
+async fn audit(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Params(q): Params<AuditQuery>,
+) -> ApiResult<Json<List<AuditEvent>>> {
     if !is_admin(&c) {
         return Err(ApiError::forbidden("this needs an admin"));
     }
@@ -493,7 +603,11 @@ pub struct TokenForm {
     responses((status = 200, body = Introspection), (status = 400, description = "invalid_request"),
               (status = 401, description = "invalid_client"), (status = 403, description = "unauthorized_client")),
     security(("api_key" = [])))]
-async fn introspect(State(svc): Svc, OAuthAuth(c): OAuthAuth, OAuthForm(f): OAuthForm<TokenForm>) -> Result<Json<Introspection>, OAuthError> {
+async fn introspect(
+    State(svc): Svc,
+    OAuthAuth(c): OAuthAuth,
+    OAuthForm(f): OAuthForm<TokenForm>,
+) -> Result<Json<Introspection>, OAuthError> {
     if !is_admin(&c) && c.kind != PrincipalKind::ResourceServer.as_str() {
         return Err(ApiError::forbidden("introspection is open to resource servers and admins only").into());
     }
@@ -506,7 +620,11 @@ async fn introspect(State(svc): Svc, OAuthAuth(c): OAuthAuth, OAuthForm(f): OAut
     responses((status = 200), (status = 400, description = "invalid_request"), (status = 401, description = "invalid_client"),
               (status = 403, description = "unauthorized_client")),
     security(("api_key" = [])))]
-async fn revoke(State(svc): Svc, OAuthAuth(c): OAuthAuth, OAuthForm(f): OAuthForm<TokenForm>) -> Result<StatusCode, OAuthError> {
+async fn revoke(
+    State(svc): Svc,
+    OAuthAuth(c): OAuthAuth,
+    OAuthForm(f): OAuthForm<TokenForm>,
+) -> Result<StatusCode, OAuthError> {
     svc.revoke_token(&c, &f.token).await?;
     Ok(StatusCode::OK)
 }
@@ -538,6 +656,6 @@ impl utoipa::Modify for BearerAuth {
         create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, evidence,
         audit, audit_verify, rotate_keys, introspect, revoke,
     ),
-    components(schemas(Problem, Health, TokenForm))
+    components(schemas(Problem, Health, TokenForm, CredentialRequest))
 )]
 pub struct ApiDoc;

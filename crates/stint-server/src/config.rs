@@ -72,7 +72,9 @@ impl Config {
                 "default_token_ttl_s",
             ]))
             .merge(Serialized::defaults(overrides));
-        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("bad configuration: {e}"))?;
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("bad configuration: {e}"))?;
         cfg.check()?;
         Ok(cfg)
     }

@@ -102,7 +102,10 @@ mod tests {
             deleted_at: None,
         };
         d.upsert(p.clone());
-        assert_eq!(d.authenticate(&key).map(|p| p.id.clone()).as_deref(), Some("prn_1"));
+        assert_eq!(
+            d.authenticate(&key).map(|p| p.id.clone()).as_deref(),
+            Some("prn_1")
+        );
         assert!(d.authenticate("stint_short").is_none());
         let other = new_api_key().unwrap_or_default();
         assert!(d.authenticate(&other).is_none());

@@ -1,6 +1,6 @@
 //! Extractors that turn every kind of bad input into problem+json.
 
-use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -15,7 +15,11 @@ use crate::service::{Caller, Service};
 pub struct Auth(pub Caller);
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
@@ -36,22 +40,6 @@ impl FromRequestParts<Arc<Service>> for Auth {
 #[derive(Debug, Clone)]
 pub struct Body<T>(pub T);
 
-fn json_rejection(r: JsonRejection) -> ApiError {
-    match r {
-        JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected `Content-Type: application/json`",
-        ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-        other => ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", other.body_text()),
-    }
-}
-
 /// 413 `payload_too_large`.
 pub fn too_large() -> ApiError {
     ApiError::new(
@@ -61,14 +49,90 @@ pub fn too_large() -> ApiError {
     )
 }
 
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "expected `Content-Type: application/json`",
+    )
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .is_some_and(|v| v.eq_ignore_ascii_case("application/json") || v.ends_with("+json"))
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                "the request body could not be read",
+            )
+        }
+    })
+}
+
+/// Parses a JSON object body: syntax errors are 400 `malformed_json` (judged on the whole body before
+/// any field is looked at), anything but an object or a body that does not fit `T` is 422.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!(
+                "the body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(redact(&e.to_string())))
+}
+
+/// Removes anything that looks like a secret (an API key or a JWT) from a message that may quote
+/// user input, such as serde's "unknown variant `…`".
+pub fn redact(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    loop {
+        let next = [crate::directory::KEY_PREFIX, "eyJ"]
+            .iter()
+            .filter_map(|p| rest.find(p).map(|i| (i, *p)))
+            .min_by_key(|(i, _)| *i);
+        let Some((i, _)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .unwrap_or(tail.len());
+        out.push_str("[redacted]");
+        rest = &tail[len..];
+    }
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        axum::Json::<T>::from_request(req, state)
-            .await
-            .map(|j| Body(j.0))
-            .map_err(json_rejection)
+        if !is_json(&req) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = read_body(req, state).await?;
+        parse_object(&bytes).map(Body)
     }
 }
 
@@ -80,32 +144,30 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalB
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.body_text())
-            }
-        })?;
+        let json = is_json(&req);
+        let bytes = read_body(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalBody(T::default()));
         }
-        if !is_json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected `Content-Type: application/json`",
-            ));
+        if !json {
+            return Err(unsupported_media_type());
         }
-        serde_json::from_slice(&bytes).map(OptionalBody).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::invalid(e.to_string()),
-            _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()),
-        })
+        parse_object(&bytes).map(OptionalBody)
+    }
+}
+
+/// A path segment (id or name); one that does not decode is simply not found.
+#[derive(Debug, Clone)]
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathId(p.0))
+            .map_err(|_| ApiError::not_found("object"))
     }
 }
 
@@ -120,7 +182,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Params(q.0))
-            .map_err(|e: QueryRejection| ApiError::invalid(e.body_text()))
+            .map_err(|e: QueryRejection| ApiError::invalid(redact(&e.body_text())))
     }
 }
 
@@ -204,9 +266,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthForm<T> {
             .map_err(|e: FormRejection| {
                 let too_big = e.status() == StatusCode::PAYLOAD_TOO_LARGE;
                 OAuthError {
-                    status: if too_big { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST },
+                    status: if too_big {
+                        StatusCode::PAYLOAD_TOO_LARGE
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    },
                     error: "invalid_request",
-                    description: if too_big { "request body too large".into() } else { e.body_text() },
+                    description: if too_big {
+                        "request body too large".into()
+                    } else {
+                        redact(&e.body_text())
+                    },
                 }
             })
     }

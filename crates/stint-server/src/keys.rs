@@ -26,7 +26,9 @@ struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,8 +60,8 @@ pub struct KeyRing {
 }
 
 fn load_key(dir: &Path, kid: &str) -> anyhow::Result<SigningKey> {
-    let der = fs::read(dir.join(format!("{kid}.pk8")))
-        .with_context(|| format!("reading signing key `{kid}`"))?;
+    let der =
+        fs::read(dir.join(format!("{kid}.pk8"))).with_context(|| format!("reading signing key `{kid}`"))?;
     from_pkcs8(&der)
 }
 
@@ -110,8 +112,8 @@ impl KeyRing {
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let state_path = dir.join("ring.json");
         let ring = if state_path.exists() {
-            let file: RingFile = serde_json::from_slice(&fs::read(&state_path)?)
-                .context("reading keys/ring.json")?;
+            let file: RingFile =
+                serde_json::from_slice(&fs::read(&state_path)?).context("reading keys/ring.json")?;
             let current = Arc::new(load_key(&dir, &file.current)?);
             let mut previous = Vec::new();
             for r in file.previous {

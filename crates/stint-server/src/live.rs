@@ -149,17 +149,30 @@ pub fn handle_to_hash(handle: &str) -> Option<TokenHash> {
 impl LiveIndex {
     /// The token with this hash, if it was issued and not revoked.
     pub fn token(&self, hash: &TokenHash) -> Option<Arc<TokenEntry>> {
-        self.tokens.read().unwrap_or_else(|e| e.into_inner()).get(hash).cloned()
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
     }
 
     /// The live session with this id.
     pub fn session(&self, id: &SessionId) -> Option<Arc<LiveSession>> {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Every live session.
     pub fn sessions(&self) -> Vec<Arc<LiveSession>> {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// How many sessions are active.
@@ -184,7 +197,9 @@ impl LiveIndex {
                     Arc::new(LiveSession {
                         id: s.id.clone(),
                         deadline_ms: AtomicI64::new(deadline),
-                        idle_ms: s.idle_timeout_s.map(|t| i64::try_from(t).unwrap_or(i64::MAX / 2) * 1000),
+                        idle_ms: s
+                            .idle_timeout_s
+                            .map(|t| i64::try_from(t).unwrap_or(i64::MAX / 2) * 1000),
                         last_activity_ms: AtomicI64::new(last),
                         dead: AtomicBool::new(false),
                         counts_uses: s.max_uses.is_some(),
@@ -222,11 +237,19 @@ impl LiveIndex {
 
     /// Kills one token ahead of persisting its revocation.
     pub fn remove_token(&self, hash: &TokenHash) {
-        self.tokens.write().unwrap_or_else(|e| e.into_inner()).remove(hash);
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
     }
 
     fn drop_session(&self, s: &Session) {
-        if let Some(l) = self.sessions.write().unwrap_or_else(|e| e.into_inner()).remove(&s.id) {
+        if let Some(l) = self
+            .sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&s.id)
+        {
             l.kill();
         }
         let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());

@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use stint_core::{
-    Actor, Binding, BindingKind, Clock, Credential, CredentialId, CredentialKind, Effect, EndReason,
-    Event, NewSession, PendingAudit, PrincipalId, Revocation, Session, SessionId, State,
+    Actor, Binding, BindingKind, Clock, Credential, CredentialId, CredentialKind, Effect, EndReason, Event,
+    NewSession, PendingAudit, PrincipalId, Revocation, Session, SessionId, State,
 };
 use stint_proto::{CreatePrincipal, CreateSession, CreateTarget, Introspection, PrincipalKind, TargetKind};
 use stint_store::{
-    Batch, PrincipalRecord, PrincipalWrite, SessionFilter, SessionWrite, Store, TargetRecord,
-    TargetWrite, Versioned,
+    Batch, PrincipalRecord, PrincipalWrite, SessionFilter, SessionWrite, Store, TargetRecord, TargetWrite,
+    Versioned,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
@@ -152,7 +152,9 @@ fn check_text(what: &str, s: &str, required: bool) -> ApiResult<()> {
         return Err(ApiError::invalid(format!("`{what}` must not be empty")));
     }
     if s.chars().count() > MAX_TEXT {
-        return Err(ApiError::invalid(format!("`{what}` is longer than {MAX_TEXT} characters")));
+        return Err(ApiError::invalid(format!(
+            "`{what}` is longer than {MAX_TEXT} characters"
+        )));
     }
     Ok(())
 }
@@ -277,7 +279,9 @@ impl Service {
             let _g = self.lock(&id).await;
             let now = self.clock.now();
             let (s, fx) = v.session.apply(Event::Tick { activity: None }, now)?;
-            let s = self.finish(&v.session, v.version, s, fx, Batch::default(), now).await?;
+            let s = self
+                .finish(&v.session, v.version, s, fx, Batch::default(), now)
+                .await?;
             if s.state == State::Active {
                 self.rebuild_tokens(&s, now).await?;
                 kept += 1;
@@ -335,7 +339,9 @@ impl Service {
             Ok(t) => t.audience(),
             Err(_) => s.target.clone(),
         };
-        let Some(live) = self.live.session(&s.id) else { return Ok(()) };
+        let Some(live) = self.live.session(&s.id) else {
+            return Ok(());
+        };
         for c in &s.credentials {
             if c.kind != CredentialKind::Jwt || c.revocation != Revocation::None || c.expires_at <= now {
                 continue;
@@ -343,7 +349,9 @@ impl Service {
             if let Some(h) = handle_to_hash(&c.handle) {
                 let entry = self.token_entry(s, c, &audience, live.clone());
                 // A restart does not repeat a first-use event that was already written.
-                entry.first_use_pending.store(false, Ordering::Release);
+                entry
+                    .first_use_pending
+                    .store(c.first_used_at.is_none(), Ordering::Release);
                 self.live.insert_token(h, entry);
             }
         }
@@ -395,7 +403,11 @@ impl Service {
         for e in effects {
             match e {
                 Effect::Audit(a) => audit.push(a),
-                Effect::Revoke { credential, kind, handle } => revokes.push((credential, kind, handle)),
+                Effect::Revoke {
+                    credential,
+                    kind,
+                    handle,
+                } => revokes.push((credential, kind, handle)),
             }
         }
         // Fail closed: kill in memory before the end is persisted.
@@ -449,22 +461,23 @@ impl Service {
 
     /// Loads a session under its lock, folds in uses not yet written, applies `events` (made by
     /// `plan` from the loaded session), persists, and runs `on_commit` before releasing the lock.
-    async fn mutate<P, C, T>(
-        &self,
-        id: &SessionId,
-        plan: P,
-        on_commit: C,
-    ) -> ApiResult<(Session, T)>
+    async fn mutate<P, C, T>(&self, id: &SessionId, plan: P, on_commit: C) -> ApiResult<(Session, T)>
     where
         P: FnOnce(&Session, OffsetDateTime) -> ApiResult<Vec<Event>>,
         C: FnOnce(&Session) -> T,
     {
         let _g = self.lock(id).await;
-        let v = self.store.session(id).await?.ok_or_else(|| ApiError::not_found("session"))?;
+        let v = self
+            .store
+            .session(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("session"))?;
         let now = self.clock.now();
         let events = plan(&v.session, now)?;
         let (s, fx, usage) = self.apply_all(&v.session, events, now)?;
-        let s = self.finish(&v.session, v.version, s, fx, Batch::default(), now).await?;
+        let s = self
+            .finish(&v.session, v.version, s, fx, Batch::default(), now)
+            .await?;
         if let (Some(u), Some(l)) = (usage, self.live.session(id)) {
             l.usage_written(&u);
         }
@@ -555,7 +568,10 @@ impl Service {
         if !is_admin(caller) && caller.id != id {
             return Err(ApiError::not_found("principal"));
         }
-        self.store.principal(id).await?.ok_or_else(|| ApiError::not_found("principal"))
+        self.store
+            .principal(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("principal"))
     }
 
     /// Lists principals (admin).
@@ -572,9 +588,17 @@ impl Service {
     /// Replaces a principal's API key; the old key stops working at once.
     pub async fn rotate_key(&self, caller: &Caller, id: &str) -> ApiResult<String> {
         require_admin(caller)?;
-        let mut p = self.store.principal(id).await?.ok_or_else(|| ApiError::not_found("principal"))?;
+        let mut p = self
+            .store
+            .principal(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("principal"))?;
         if p.deleted_at.is_some() {
-            return Err(ApiError::new(StatusCode::CONFLICT, "principal_offboarded", "principal is offboarded"));
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "principal_offboarded",
+                "principal is offboarded",
+            ));
         }
         let key = new_api_key().map_err(|_| ApiError::internal())?;
         p.key_hash = Some(key_hash(&key));
@@ -607,9 +631,17 @@ impl Service {
                 "an admin cannot offboard itself",
             ));
         }
-        let mut p = self.store.principal(id).await?.ok_or_else(|| ApiError::not_found("principal"))?;
+        let mut p = self
+            .store
+            .principal(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("principal"))?;
         if p.deleted_at.is_some() {
-            return Err(ApiError::new(StatusCode::CONFLICT, "principal_offboarded", "principal is already offboarded"));
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "principal_offboarded",
+                "principal is already offboarded",
+            ));
         }
         let now = self.clock.now();
         p.key_hash = None;
@@ -633,8 +665,13 @@ impl Service {
             }],
             ..Default::default()
         };
-        self.end_all(sessions, Actor::Principal(PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?), EndReason::Offboarded, extra)
-            .await?;
+        self.end_all(
+            sessions,
+            Actor::Principal(PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?),
+            EndReason::Offboarded,
+            extra,
+        )
+        .await?;
         Ok(p)
     }
 
@@ -666,24 +703,44 @@ impl Service {
         ids: Vec<SessionId>,
         by: Actor,
         reason: EndReason,
-        mut extra: Batch,
+        extra: Batch,
     ) -> ApiResult<()> {
+        self.apply_to_all(ids, Event::End { by, reason }, extra).await
+    }
+
+    /// Applies `event` to every listed open session and commits `extra` with them, atomically.
+    async fn apply_to_all(&self, ids: Vec<SessionId>, event: Event, mut extra: Batch) -> ApiResult<()> {
         let _guards = self.lock_many(&ids).await;
         let now = self.clock.now();
         let mut done: Vec<(Session, Session)> = Vec::new();
         let mut usages = Vec::new();
         for id in &ids {
-            let Some(Versioned { session, version }) = self.store.session(id).await? else { continue };
+            let Some(Versioned { session, version }) = self.store.session(id).await? else {
+                continue;
+            };
             if session.state.is_final() {
                 continue;
             }
-            let (mut s, fx, usage) =
-                self.apply_all(&session, vec![Event::End { by: by.clone(), reason }], now)?;
-            self.live.kill(&s.id);
+            let (mut s, fx, usage) = match self.apply_all(&session, vec![event.clone()], now) {
+                Ok(r) => r,
+                // A limit that changes nothing on this session is not an error.
+                Err(e) if matches!(event, Event::Limit { .. }) => {
+                    tracing::debug!(session = %session.id, code = e.code, "limit not applied");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if s.state.is_final() {
+                self.live.kill(&s.id);
+            }
             for e in fx {
                 match e {
                     Effect::Audit(a) => extra.audit.push(a),
-                    Effect::Revoke { credential, kind, handle } => {
+                    Effect::Revoke {
+                        credential,
+                        kind,
+                        handle,
+                    } => {
                         if let Some(h) = handle_to_hash(&handle) {
                             self.live.remove_token(&h);
                         }
@@ -728,7 +785,11 @@ impl Service {
     // ----- targets ----------------------------------------------------------------------------
 
     async fn target_doc(&self, name: &str) -> ApiResult<TargetDoc> {
-        let rec = self.store.target(name).await?.ok_or_else(|| ApiError::not_found("target"))?;
+        let rec = self
+            .store
+            .target(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("target"))?;
         serde_json::from_str(&rec.doc).map_err(|e| {
             tracing::error!(error = %e, target = name, "unreadable target document");
             ApiError::internal()
@@ -751,18 +812,26 @@ impl Service {
         }
         let max = stint_core::session::MAX_DURATION_S;
         if req.max_ttl_s == 0 || req.max_ttl_s > max {
-            return Err(ApiError::invalid(format!("`max_ttl_s` must be between 1 and {max}")));
+            return Err(ApiError::invalid(format!(
+                "`max_ttl_s` must be between 1 and {max}"
+            )));
         }
-        let token_ttl_s = req.token_ttl_s.unwrap_or(self.cfg.default_token_ttl_s.min(req.max_ttl_s));
+        let token_ttl_s = req
+            .token_ttl_s
+            .unwrap_or(self.cfg.default_token_ttl_s.min(req.max_ttl_s));
         if token_ttl_s == 0 || token_ttl_s > req.max_ttl_s {
-            return Err(ApiError::invalid("`token_ttl_s` must be between 1 and `max_ttl_s`"));
+            return Err(ApiError::invalid(
+                "`token_ttl_s` must be between 1 and `max_ttl_s`",
+            ));
         }
         let approvals_required = req.approvals_required.unwrap_or(0);
         if approvals_required > 10 {
             return Err(ApiError::invalid("`approvals_required` must be at most 10"));
         }
         if approvals_required > 0 && req.approver_groups.is_empty() {
-            return Err(ApiError::invalid("`approvals_required` > 0 needs `approver_groups`"));
+            return Err(ApiError::invalid(
+                "`approvals_required` > 0 needs `approver_groups`",
+            ));
         }
         if let Some(env) = &req.environment {
             check_text("environment", env, false)?;
@@ -773,8 +842,14 @@ impl Service {
                 for (k, v) in &map {
                     match (k.as_str(), v) {
                         ("audience", serde_json::Value::String(a)) if !a.is_empty() && a.len() <= 256 => {}
-                        ("audience", _) => return Err(ApiError::invalid("`config.audience` must be a non-empty string")),
-                        (k, _) => return Err(ApiError::invalid(format!("unknown `config` field `{k}` for a jwt target"))),
+                        ("audience", _) => {
+                            return Err(ApiError::invalid("`config.audience` must be a non-empty string"));
+                        }
+                        (k, _) => {
+                            return Err(ApiError::invalid(format!(
+                                "unknown `config` field `{k}` for a jwt target"
+                            )));
+                        }
                     }
                 }
                 serde_json::Value::Object(map)
@@ -866,28 +941,42 @@ impl Service {
             return Err(ApiError::invalid("`token_ttl_s` must be at least 1"));
         }
         if doc.approvals_required > 0 && doc.approver_groups.is_empty() {
-            return Err(ApiError::invalid("`approvals_required` > 0 needs `approver_groups`"));
+            return Err(ApiError::invalid(
+                "`approvals_required` > 0 needs `approver_groups`",
+            ));
         }
         let now = self.clock.now();
         let text = serde_json::to_string(&doc).map_err(|_| ApiError::internal())?;
-        self.store
-            .commit(Batch {
-                targets: vec![TargetWrite::Update(TargetRecord {
-                    name: doc.name.clone(),
-                    kind: "jwt".into(),
-                    doc: text,
-                    created_at: doc.created_at,
-                })],
-                audit: vec![PendingAudit {
-                    at: now,
-                    actor: caller.id.clone(),
-                    action: "target.changed".into(),
-                    session: None,
-                    details: json!({"target": doc.name, "change": p}),
-                }],
+        let extra = Batch {
+            targets: vec![TargetWrite::Update(TargetRecord {
+                name: doc.name.clone(),
+                kind: "jwt".into(),
+                doc: text,
+                created_at: doc.created_at,
+            })],
+            audit: vec![PendingAudit {
+                at: now,
+                actor: caller.id.clone(),
+                action: "target.changed".into(),
+                session: None,
+                details: json!({"target": doc.name, "change": p}),
+            }],
+            ..Default::default()
+        };
+        // Shrunk limits apply to open sessions at once (in the same transaction); nothing grows.
+        let ids = self
+            .open_sessions(SessionFilter {
+                target: Some(name.to_owned()),
                 ..Default::default()
             })
             .await?;
+        let by = Actor::Principal(Self::caller_id(caller)?);
+        let limit = Event::Limit {
+            max_ttl_s: doc.max_ttl_s,
+            token_ttl_s: doc.token_ttl_s,
+            by,
+        };
+        self.apply_to_all(ids, limit, extra).await?;
         Ok(doc)
     }
 
@@ -942,7 +1031,7 @@ impl Service {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "unknown_target",
-                    format!("no target named `{}`", req.target.chars().take(64).collect::<String>()),
+                    "no such target",
                 ));
             }
             Err(e) => return Err(e),
@@ -971,7 +1060,9 @@ impl Service {
             return Err(ApiError::invalid("`binding.ref` must be 1 to 200 characters"));
         }
         if binding.kind != BindingKind::None && binding.reference.is_none() {
-            return Err(ApiError::invalid("`binding.ref` is required for this binding kind"));
+            return Err(ApiError::invalid(
+                "`binding.ref` is required for this binding kind",
+            ));
         }
         if let Some(required) = target.require_binding
             && required != BindingKind::None
@@ -1025,7 +1116,10 @@ impl Service {
             .await?;
         m::audit_written(records.len());
         metrics::counter!(m::SESSIONS_REQUESTED).increment(1);
-        let placeholder = Session { state: State::Requested, ..s.clone() };
+        let placeholder = Session {
+            state: State::Requested,
+            ..s.clone()
+        };
         self.after_commit(&placeholder, &s, now);
         Ok(s)
     }
@@ -1033,7 +1127,11 @@ impl Service {
     /// A session the caller may see.
     pub async fn session(&self, caller: &Caller, id: &str) -> ApiResult<Session> {
         let id = SessionId::parse(id).ok_or_else(|| ApiError::not_found("session"))?;
-        let v = self.store.session(&id).await?.ok_or_else(|| ApiError::not_found("session"))?;
+        let v = self
+            .store
+            .session(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("session"))?;
         if !self.visibility(caller, &v.session).await?.0 {
             return Err(ApiError::not_found("session"));
         }
@@ -1041,7 +1139,11 @@ impl Service {
     }
 
     /// Lists sessions the caller may see.
-    pub async fn sessions(&self, caller: &Caller, mut f: SessionFilter) -> ApiResult<(Vec<Session>, Option<String>)> {
+    pub async fn sessions(
+        &self,
+        caller: &Caller,
+        mut f: SessionFilter,
+    ) -> ApiResult<(Vec<Session>, Option<String>)> {
         let limit = f.limit;
         if !is_admin(caller) {
             // Non-admins see their own sessions and those of targets they approve.
@@ -1059,7 +1161,9 @@ impl Service {
                 f.principal = Some(caller.id.clone());
             }
             let page = self.store.sessions(&f).await?;
-            let next = (page.len() == limit as usize).then(|| page.last().map(|v| v.session.id.to_string())).flatten();
+            let next = (page.len() == limit as usize)
+                .then(|| page.last().map(|v| v.session.id.to_string()))
+                .flatten();
             let items = page
                 .into_iter()
                 .map(|v| v.session)
@@ -1068,17 +1172,19 @@ impl Service {
             return Ok((items, next));
         }
         let page = self.store.sessions(&f).await?;
-        let next = (page.len() == limit as usize).then(|| page.last().map(|v| v.session.id.to_string())).flatten();
+        let next = (page.len() == limit as usize)
+            .then(|| page.last().map(|v| v.session.id.to_string()))
+            .flatten();
         Ok((page.into_iter().map(|v| v.session).collect(), next))
     }
 
-    async fn parse_and_authorize(
-        &self,
-        caller: &Caller,
-        id: &str,
-    ) -> ApiResult<(SessionId, bool, bool)> {
+    async fn parse_and_authorize(&self, caller: &Caller, id: &str) -> ApiResult<(SessionId, bool, bool)> {
         let sid = SessionId::parse(id).ok_or_else(|| ApiError::not_found("session"))?;
-        let v = self.store.session(&sid).await?.ok_or_else(|| ApiError::not_found("session"))?;
+        let v = self
+            .store
+            .session(&sid)
+            .await?
+            .ok_or_else(|| ApiError::not_found("session"))?;
         let (visible, approver) = self.visibility(caller, &v.session).await?;
         if !visible {
             return Err(ApiError::not_found("session"));
@@ -1099,13 +1205,26 @@ impl Service {
         let (sid, own, approver) = self.parse_and_authorize(caller, id).await?;
         let me = Self::caller_id(caller)?;
         if own && !approver {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "self_approval", "a requester cannot approve its own session"));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "self_approval",
+                "a requester cannot approve its own session",
+            ));
         }
         if !approver {
             return Err(ApiError::forbidden("caller is not an approver for this target"));
         }
         let (s, ()) = self
-            .mutate(&sid, |_, _| Ok(vec![Event::Approve { approver: me, comment }]), |_| ())
+            .mutate(
+                &sid,
+                |_, _| {
+                    Ok(vec![Event::Approve {
+                        approver: me,
+                        comment,
+                    }])
+                },
+                |_| (),
+            )
             .await?;
         Ok(s)
     }
@@ -1118,7 +1237,9 @@ impl Service {
             return Err(ApiError::forbidden("caller is not an approver for this target"));
         }
         let by = Self::caller_id(caller)?;
-        let (s, ()) = self.mutate(&sid, |_, _| Ok(vec![Event::Deny { by, reason }]), |_| ()).await?;
+        let (s, ()) = self
+            .mutate(&sid, |_, _| Ok(vec![Event::Deny { by, reason }]), |_| ())
+            .await?;
         Ok(s)
     }
 
@@ -1129,7 +1250,9 @@ impl Service {
             return Err(ApiError::forbidden("only the requester can cancel a session"));
         }
         let by = Actor::Principal(Self::caller_id(caller)?);
-        let (s, ()) = self.mutate(&sid, |_, _| Ok(vec![Event::Cancel { by }]), |_| ()).await?;
+        let (s, ()) = self
+            .mutate(&sid, |_, _| Ok(vec![Event::Cancel { by }]), |_| ())
+            .await?;
         Ok(s)
     }
 
@@ -1143,9 +1266,15 @@ impl Service {
         if !own && !approver {
             return Err(ApiError::forbidden("caller may not end this session"));
         }
-        let reason = if own { EndReason::Completed } else { EndReason::Revoked };
+        let reason = if own {
+            EndReason::Completed
+        } else {
+            EndReason::Revoked
+        };
         let by = Actor::Principal(Self::caller_id(caller)?);
-        let (s, ()) = self.mutate(&sid, |_, _| Ok(vec![Event::End { by, reason }]), |_| ()).await?;
+        let (s, ()) = self
+            .mutate(&sid, |_, _| Ok(vec![Event::End { by, reason }]), |_| ())
+            .await?;
         Ok(s)
     }
 
@@ -1153,19 +1282,29 @@ impl Service {
     pub async fn heartbeat(&self, caller: &Caller, id: &str) -> ApiResult<()> {
         let (sid, own, _) = self.parse_and_authorize(caller, id).await?;
         if !own {
-            return Err(ApiError::forbidden("only the session's principal can heartbeat it"));
+            return Err(ApiError::forbidden(
+                "only the session's principal can heartbeat it",
+            ));
         }
         let now = self.clock.now();
         match self.live.session(&sid) {
-            Some(l) if l.is_live(i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)) => l.touch(now),
+            Some(l)
+                if l.is_live(i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)) =>
+            {
+                l.touch(now)
+            }
             _ => return Err(stint_core::TransitionError::NotActive.into()),
         }
-        self.mutate(&sid, |s, now| {
-            if !s.is_live(now) {
-                return Err(stint_core::TransitionError::NotActive.into());
-            }
-            Ok(vec![Event::Tick { activity: Some(now) }])
-        }, |_| ())
+        self.mutate(
+            &sid,
+            |s, now| {
+                if !s.is_live(now) {
+                    return Err(stint_core::TransitionError::NotActive.into());
+                }
+                Ok(vec![Event::Tick { activity: Some(now) }])
+            },
+            |_| (),
+        )
         .await?;
         Ok(())
     }
@@ -1174,15 +1313,26 @@ impl Service {
     pub async fn issue_jwt(&self, caller: &Caller, id: &str) -> ApiResult<IssuedJwt> {
         let (sid, own, _) = self.parse_and_authorize(caller, id).await?;
         if !own {
-            return Err(ApiError::forbidden("only the session's principal can fetch its credentials"));
+            return Err(ApiError::forbidden(
+                "only the session's principal can fetch its credentials",
+            ));
         }
-        let v = self.store.session(&sid).await?.ok_or_else(|| ApiError::not_found("session"))?;
+        let v = self
+            .store
+            .session(&sid)
+            .await?
+            .ok_or_else(|| ApiError::not_found("session"))?;
         let target = self.target_doc(&v.session.target).await.map_err(|_| {
-            ApiError::new(StatusCode::CONFLICT, "session_not_active", "the session's target no longer exists")
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "session_not_active",
+                "the session's target no longer exists",
+            )
         })?;
         let audience = target.audience();
         let jti = CredentialId::from_u128(new_u128());
-        let issued: std::sync::Mutex<Option<(String, TokenHash, OffsetDateTime)>> = std::sync::Mutex::new(None);
+        let issued: std::sync::Mutex<Option<(String, TokenHash, OffsetDateTime)>> =
+            std::sync::Mutex::new(None);
         let (_, out) = self
             .mutate(
                 &sid,
@@ -1216,6 +1366,7 @@ impl Service {
                             expires_at: exp,
                             revoked_at: None,
                             revocation: Revocation::None,
+                            first_used_at: None,
                         },
                     }])
                 },
@@ -1223,8 +1374,13 @@ impl Service {
                     let (token, hash, exp) = issued.lock().unwrap_or_else(|e| e.into_inner()).take()?;
                     let cred = s.credentials.iter().find(|c| c.id == jti)?;
                     let live = self.live.session(&s.id)?;
-                    self.live.insert_token(hash, self.token_entry(s, cred, &audience, live));
-                    Some(IssuedJwt { id: jti.clone(), token, expires_at: exp })
+                    self.live
+                        .insert_token(hash, self.token_entry(s, cred, &audience, live));
+                    Some(IssuedJwt {
+                        id: jti.clone(),
+                        token,
+                        expires_at: exp,
+                    })
                 },
             )
             .await?;
@@ -1233,7 +1389,15 @@ impl Service {
     }
 
     /// The session's audit events and the chain's state.
-    pub async fn evidence(&self, caller: &Caller, id: &str) -> ApiResult<(Session, Vec<stint_core::AuditRecord>, stint_core::ChainVerification)> {
+    pub async fn evidence(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> ApiResult<(
+        Session,
+        Vec<stint_core::AuditRecord>,
+        stint_core::ChainVerification,
+    )> {
         let s = self.session(caller, id).await?;
         let events = self.store.audit_for_session(&s.id).await?;
         let chain = self.store.verify_audit().await?;
@@ -1247,7 +1411,8 @@ impl Service {
     pub async fn introspect(&self, caller: &Caller, token: &str) -> Introspection {
         let now = self.clock.now();
         let result = self.introspect_inner(caller, token, now).await;
-        metrics::counter!(m::INTROSPECTIONS, "result" => if result.active { "active" } else { "inactive" }).increment(1);
+        metrics::counter!(m::INTROSPECTIONS, "result" => if result.active { "active" } else { "inactive" })
+            .increment(1);
         result
     }
 
@@ -1256,7 +1421,9 @@ impl Service {
             return Introspection::inactive();
         }
         let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
-        let Some(entry) = self.live.token(&hash) else { return Introspection::inactive() };
+        let Some(entry) = self.live.token(&hash) else {
+            return Introspection::inactive();
+        };
         if !entry.is_active(now) {
             return Introspection::inactive();
         }
@@ -1271,9 +1438,7 @@ impl Service {
                 last_at: now,
                 first_use: first,
             };
-            let res = self
-                .mutate(&sid, |_, _| Ok(vec![ev]), |_| ())
-                .await;
+            let res = self.mutate(&sid, |_, _| Ok(vec![ev]), |_| ()).await;
             if let Err(e) = res {
                 if first {
                     entry.first_use_pending.store(true, Ordering::Release);
@@ -1295,7 +1460,9 @@ impl Service {
             return Ok(());
         }
         let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
-        let Some(entry) = self.live.token(&hash) else { return Ok(()) };
+        let Some(entry) = self.live.token(&hash) else {
+            return Ok(());
+        };
         let owner = entry.claims.sub.as_deref() == Some(caller.id.as_str());
         if !owner && !is_admin(caller) && caller.kind != PrincipalKind::ResourceServer.as_str() {
             return Err(ApiError::forbidden("caller may not revoke this token"));
@@ -1303,8 +1470,12 @@ impl Service {
         let jti = entry.jti.clone();
         let by = Actor::Principal(Self::caller_id(caller)?);
         self.live.remove_token(&hash);
-        self.mutate(&entry.session.id, |_, _| Ok(vec![Event::RevokeCredential { credential: jti, by }]), |_| ())
-            .await?;
+        self.mutate(
+            &entry.session.id,
+            |_, _| Ok(vec![Event::RevokeCredential { credential: jti, by }]),
+            |_| (),
+        )
+        .await?;
         metrics::counter!(m::CREDENTIALS_REVOKED, "kind" => "jwt").increment(1);
         Ok(())
     }
@@ -1314,7 +1485,8 @@ impl Service {
     /// Judges a session's timers now.
     pub async fn tick(&self, id: &SessionId) -> ApiResult<()> {
         let activity = self.live.session(id).and_then(|l| l.last_activity());
-        self.mutate(id, |_, _| Ok(vec![Event::Tick { activity }]), |_| ()).await?;
+        self.mutate(id, |_, _| Ok(vec![Event::Tick { activity }]), |_| ())
+            .await?;
         Ok(())
     }
 

@@ -31,7 +31,11 @@ fn ok_json(out: &Output) -> Value {
 async fn first_requested(approver: &Api) -> String {
     for _ in 0..500 {
         let (_, v) = approver.get("/v1/sessions?state=requested").await;
-        if let Some(id) = v["items"].as_array().and_then(|a| a.first()).and_then(|s| s["id"].as_str()) {
+        if let Some(id) = v["items"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|s| s["id"].as_str())
+        {
             return id.to_owned();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -48,11 +52,60 @@ async fn cli_main_path_request_approve_creds_end_verify() {
     let w = World::new(1).await;
     let addr = w.server.addr.clone();
     let admin = w.server.admin.clone();
-    let p = ok_json(&stint(&addr, &admin, &["--json", "principal", "create", "--name", "deployer", "--kind", "agent", "--group", "deployers"]));
+    let p = ok_json(&stint(
+        &addr,
+        &admin,
+        &[
+            "--json",
+            "principal",
+            "create",
+            "--name",
+            "deployer",
+            "--kind",
+            "agent",
+            "--group",
+            "deployers",
+        ],
+    ));
     let key = p["api_key"].as_str().unwrap().to_owned();
-    let t = ok_json(&stint(&addr, &admin, &["--json", "target", "create", "--name", "billing", "--max-ttl", "1h", "--token-ttl", "5m", "--requester-group", "deployers", "--approver-group", "ops", "--approvals", "1"]));
+    let t = ok_json(&stint(
+        &addr,
+        &admin,
+        &[
+            "--json",
+            "target",
+            "create",
+            "--name",
+            "billing",
+            "--max-ttl",
+            "1h",
+            "--token-ttl",
+            "5m",
+            "--requester-group",
+            "deployers",
+            "--approver-group",
+            "ops",
+            "--approvals",
+            "1",
+        ],
+    ));
     assert_eq!(t["token_ttl_s"], 300);
-    let s = ok_json(&stint(&addr, &key, &["--json", "request", "--target", "billing", "--ttl", "15m", "--reason", "rotate certs", "--binding", "ticket:OT-4711"]));
+    let s = ok_json(&stint(
+        &addr,
+        &key,
+        &[
+            "--json",
+            "request",
+            "--target",
+            "billing",
+            "--ttl",
+            "15m",
+            "--reason",
+            "rotate certs",
+            "--binding",
+            "ticket:OT-4711",
+        ],
+    ));
     let sid = s["id"].as_str().unwrap().to_owned();
     assert_eq!(s["state"], "requested");
     assert_eq!(s["binding"], json!({"kind": "ticket", "ref": "OT-4711"}));
@@ -61,7 +114,11 @@ async fn cli_main_path_request_approve_creds_end_verify() {
     assert!(!own.status.success());
     assert!(String::from_utf8_lossy(&own.stderr).contains("self_approval"));
 
-    let approved = ok_json(&stint(&addr, &w.alice.key, &["--json", "approve", &sid, "--comment", "go"]));
+    let approved = ok_json(&stint(
+        &addr,
+        &w.alice.key,
+        &["--json", "approve", &sid, "--comment", "go"],
+    ));
     assert_eq!(approved["state"], "active");
     let out = stint(&addr, &key, &["creds", &sid, "--token-only"]);
     assert!(out.status.success());
@@ -69,7 +126,13 @@ async fn cli_main_path_request_approve_creds_end_verify() {
     assert_eq!(w.rs.introspect(&token).await["active"], true);
 
     let list = ok_json(&stint(&addr, &key, &["--json", "sessions"]));
-    assert!(list["items"].as_array().unwrap().iter().any(|x| x["id"] == sid.as_str()));
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == sid.as_str())
+    );
     let table = stint(&addr, &key, &["sessions"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains(&sid));
 
@@ -92,8 +155,19 @@ async fn exec_ends_the_session_when_the_child_exits_and_returns_its_code() {
          printf '%s %s' \"$STINT_SESSION_ID\" \"$STINT_ACCESS_TOKEN\" > {}; exit 3",
         out_file.display()
     );
-    let out = stint(&w.server.addr, &w.ci.key, &["exec", "--target", "api", "--ttl", "10m", "--reason", "one job", "--", "sh", "-c", &script]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = stint(
+        &w.server.addr,
+        &w.ci.key,
+        &[
+            "exec", "--target", "api", "--ttl", "10m", "--reason", "one job", "--", "sh", "-c", &script,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen = std::fs::read_to_string(&out_file).expect("the child ran with its environment");
     let (sid, token) = seen.split_once(' ').unwrap();
     let s = session(&w.ci, sid).await;
@@ -108,24 +182,47 @@ async fn exec_ends_the_session_when_the_child_is_killed() {
     let w = World::new(0).await;
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("pid");
-    let script = format!("echo \"$$ $STINT_SESSION_ID\" > {}; exec sleep 30", out_file.display());
+    let script = format!(
+        "echo \"$$ $STINT_SESSION_ID\" > {}; exec sleep 30",
+        out_file.display()
+    );
     let mut child = Command::new(bin())
-        .args(["exec", "--target", "api", "--ttl", "10m", "--reason", "killed job", "--", "sh", "-c", &script])
+        .args([
+            "exec",
+            "--target",
+            "api",
+            "--ttl",
+            "10m",
+            "--reason",
+            "killed job",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
         .env("STINT_ADDR", &w.server.addr)
         .env("STINT_TOKEN", &w.ci.key)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
     let path = out_file.clone();
-    assert!(eventually(Duration::from_secs(10), || {
-        let p = path.clone();
-        async move { std::fs::read_to_string(&p).is_ok_and(|s| s.trim().contains(' ')) }
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let p = path.clone();
+            async move { std::fs::read_to_string(&p).is_ok_and(|s| s.trim().contains(' ')) }
+        })
+        .await
+    );
     let seen = std::fs::read_to_string(&out_file).unwrap();
     let (pid, sid) = seen.trim().split_once(' ').unwrap();
     assert_eq!(session(&w.ci, sid).await["state"], "active");
-    assert!(Command::new("kill").args(["-KILL", pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + 9));
     let s = session(&w.ci, sid).await;
@@ -142,21 +239,41 @@ async fn exec_on_ctrl_c_stops_the_child_and_ends_the_session() {
     // A process group of its own, as a terminal would make, so Ctrl-C reaches stint and the child.
     let mut child = Command::new("setsid")
         .arg(bin())
-        .args(["exec", "--target", "api", "--ttl", "10m", "--reason", "interactive", "--", "sh", "-c", &script])
+        .args([
+            "exec",
+            "--target",
+            "api",
+            "--ttl",
+            "10m",
+            "--reason",
+            "interactive",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
         .env("STINT_ADDR", &w.server.addr)
         .env("STINT_TOKEN", &w.ci.key)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
     let path = out_file.clone();
-    assert!(eventually(Duration::from_secs(10), || {
-        let p = path.clone();
-        async move { std::fs::read_to_string(&p).is_ok_and(|s| s.trim().starts_with("ses_")) }
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let p = path.clone();
+            async move { std::fs::read_to_string(&p).is_ok_and(|s| s.trim().starts_with("ses_")) }
+        })
+        .await
+    );
     let sid = std::fs::read_to_string(&out_file).unwrap().trim().to_owned();
     let group = format!("-{}", child.id());
-    assert!(Command::new("kill").args(["-INT", "--", &group]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     let s = session(&w.ci, &sid).await;
@@ -167,14 +284,27 @@ async fn exec_on_ctrl_c_stops_the_child_and_ends_the_session() {
 async fn exec_waits_for_approval_then_runs() {
     let w = World::new(1).await;
     let mut child = Command::new(bin())
-        .args(["exec", "--target", "api", "--ttl", "10m", "--reason", "needs approval", "--", "true"])
+        .args([
+            "exec",
+            "--target",
+            "api",
+            "--ttl",
+            "10m",
+            "--reason",
+            "needs approval",
+            "--",
+            "true",
+        ])
         .env("STINT_ADDR", &w.server.addr)
         .env("STINT_TOKEN", &w.ci.key)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
     let sid = first_requested(&w.alice).await;
-    let (st, v) = w.alice.post(&format!("/v1/sessions/{sid}/approve"), json!({})).await;
+    let (st, v) = w
+        .alice
+        .post(&format!("/v1/sessions/{sid}/approve"), json!({}))
+        .await;
     assert_eq!(st, reqwest::StatusCode::OK, "{v}");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
@@ -187,7 +317,17 @@ async fn exec_denied_request_exits_without_running_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
     let mut child = Command::new(bin())
-        .args(["exec", "--target", "api", "--ttl", "10m", "--reason", "will be denied", "--", "touch"])
+        .args([
+            "exec",
+            "--target",
+            "api",
+            "--ttl",
+            "10m",
+            "--reason",
+            "will be denied",
+            "--",
+            "touch",
+        ])
         .arg(&marker)
         .env("STINT_ADDR", &w.server.addr)
         .env("STINT_TOKEN", &w.ci.key)
@@ -195,7 +335,10 @@ async fn exec_denied_request_exits_without_running_the_command() {
         .spawn()
         .unwrap();
     let sid = first_requested(&w.alice).await;
-    let (st, _) = w.alice.post(&format!("/v1/sessions/{sid}/deny"), json!({"reason": "not now"})).await;
+    let (st, _) = w
+        .alice
+        .post(&format!("/v1/sessions/{sid}/deny"), json!({"reason": "not now"}))
+        .await;
     assert_eq!(st, reqwest::StatusCode::OK);
     assert_eq!(child.wait().unwrap().code(), Some(77));
     assert!(!marker.exists());

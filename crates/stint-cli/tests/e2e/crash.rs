@@ -239,7 +239,6 @@ async fn restart_keeps_revoked_tokens_dead_and_offboarded_keys_out() {
 /// A token that was never used before a crash is used for the first time after it: that first use
 /// belongs in the evidence like any other.
 #[tokio::test]
-#[ignore = "bug: after a restart, a token's first use is not audited (rebuild_tokens marks every token's first use as already written)"]
 async fn first_use_after_a_restart_is_audited() {
     let mut w = World::new(0).await;
     let (id, token) = short_session(&w, 600).await;

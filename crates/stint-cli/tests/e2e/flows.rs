@@ -981,7 +981,6 @@ async fn session_lists_show_only_what_the_caller_may_see_and_page() {
 /// The server documents `max_ttl_s` of PATCH as "live sessions keep their deadline unless it is
 /// later than allowed", and API.md says a PATCH never raises a live session's deadline.
 #[tokio::test]
-#[ignore = "bug: PATCH /v1/targets/{name} lowering max_ttl_s does not cap live sessions' deadlines as its schema documents"]
 async fn lowering_max_ttl_caps_live_sessions_and_raising_it_never_extends_them() {
     let w = World::new(0).await;
     let long = sid(&w.request(json!({"ttl_s": 600})).await);

@@ -72,14 +72,23 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn stint server");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("server printed nothing").expect("read stdout");
+        let first = lines
+            .next()
+            .expect("server printed nothing")
+            .expect("read stdout");
         let addr = first
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {first}"))
             .to_owned();
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        Server { child, addr, admin: admin.to_owned(), dir: dir.to_owned(), _tmp: None }
+        Server {
+            child,
+            addr,
+            admin: admin.to_owned(),
+            dir: dir.to_owned(),
+            _tmp: None,
+        }
     }
 
     /// Polls `/readyz` until it answers 200 (at most 20 s).
@@ -92,7 +101,10 @@ impl Server {
             {
                 return;
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "server not ready after 20 s");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "server not ready after 20 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -105,7 +117,9 @@ impl Server {
 
     /// SIGTERM, then wait for exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
@@ -145,41 +159,83 @@ pub struct Api {
 
 impl Api {
     pub fn new(addr: &str, key: &str) -> Api {
-        Api { http: reqwest::Client::new(), addr: addr.to_owned(), key: key.to_owned() }
+        Api {
+            http: reqwest::Client::new(),
+            addr: addr.to_owned(),
+            key: key.to_owned(),
+        }
     }
 
     async fn finish(r: reqwest::Response) -> (StatusCode, Value) {
         let status = r.status();
         let text = r.text().await.expect("body");
-        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, v)
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self.http.get(format!("{}{path}", self.addr)).bearer_auth(&self.key).send().await.expect("send");
+        let r = self
+            .http
+            .get(format!("{}{path}", self.addr))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("send");
         Self::finish(r).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self.http.post(format!("{}{path}", self.addr)).bearer_auth(&self.key).json(&body).send().await.expect("send");
+        let r = self
+            .http
+            .post(format!("{}{path}", self.addr))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
         Self::finish(r).await
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        let r = self.http.delete(format!("{}{path}", self.addr)).bearer_auth(&self.key).send().await.expect("send");
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.addr))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("send");
         Self::finish(r).await
     }
 
     pub async fn form(&self, path: &str, pairs: &[(&str, &str)]) -> (StatusCode, Value) {
-        let r = self.http.post(format!("{}{path}", self.addr)).bearer_auth(&self.key).form(pairs).send().await.expect("send");
+        let r = self
+            .http
+            .post(format!("{}{path}", self.addr))
+            .bearer_auth(&self.key)
+            .form(pairs)
+            .send()
+            .await
+            .expect("send");
         Self::finish(r).await
     }
 
     /// Creates a principal; returns (id, api key).
     pub async fn principal(&self, name: &str, kind: &str, groups: &[&str]) -> (String, String) {
-        let (st, v) = self.post("/v1/principals", json!({"name": name, "kind": kind, "groups": groups})).await;
+        let (st, v) = self
+            .post(
+                "/v1/principals",
+                json!({"name": name, "kind": kind, "groups": groups}),
+            )
+            .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
-        (v["id"].as_str().expect("id").to_owned(), v["api_key"].as_str().expect("key").to_owned())
+        (
+            v["id"].as_str().expect("id").to_owned(),
+            v["api_key"].as_str().expect("key").to_owned(),
+        )
     }
 
     /// Creates a jwt target.
@@ -253,7 +309,10 @@ impl World {
 
     /// Fetches a JWT for session `sid` as `ci`.
     pub async fn token(&self, sid: &str) -> String {
-        let (st, v) = self.ci.post(&format!("/v1/sessions/{sid}/credentials"), json!({})).await;
+        let (st, v) = self
+            .ci
+            .post(&format!("/v1/sessions/{sid}/credentials"), json!({}))
+            .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
         v["access_token"].as_str().expect("token").to_owned()
     }
@@ -334,8 +393,12 @@ pub async fn raw(addr: &str, method: reqwest::Method, path: &str, auth: Auth<'_>
     }
     rb = match body {
         RawBody::Empty => rb,
-        RawBody::Json(b) => rb.header(reqwest::header::CONTENT_TYPE, "application/json").body(b),
-        RawBody::Form(b) => rb.header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(b),
+        RawBody::Json(b) => rb
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(b),
+        RawBody::Form(b) => rb
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(b),
         RawBody::Typed(ct, b) => rb.header(reqwest::header::CONTENT_TYPE, ct).body(b),
     };
     let r = rb.send().await.expect("send");
@@ -348,12 +411,25 @@ pub async fn raw(addr: &str, method: reqwest::Method, path: &str, auth: Auth<'_>
         .to_owned();
     let text = r.text().await.expect("body");
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Raw { status, content_type, headers, text, json }
+    Raw {
+        status,
+        content_type,
+        headers,
+        text,
+        json,
+    }
 }
 
 impl Api {
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self.http.patch(format!("{}{path}", self.addr)).bearer_auth(&self.key).json(&body).send().await.expect("send");
+        let r = self
+            .http
+            .patch(format!("{}{path}", self.addr))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
         Self::finish(r).await
     }
 
@@ -388,7 +464,9 @@ impl Api {
             let (st, v) = self.get(&format!("/v1/audit?after_seq={after}&limit=1000")).await;
             assert_eq!(st, StatusCode::OK, "{v}");
             let items = v["items"].as_array().cloned().unwrap_or_default();
-            let Some(last) = items.last().and_then(|e| e["seq"].as_i64()) else { break };
+            let Some(last) = items.last().and_then(|e| e["seq"].as_i64()) else {
+                break;
+            };
             after = last;
             out.extend(items);
             if v["next_cursor"].is_null() {
@@ -413,19 +491,27 @@ impl Server {
 
 /// The published JWKS.
 pub async fn jwks(addr: &str) -> jsonwebtoken::jwk::JwkSet {
-    let r = reqwest::get(format!("{addr}/.well-known/jwks.json")).await.expect("jwks");
+    let r = reqwest::get(format!("{addr}/.well-known/jwks.json"))
+        .await
+        .expect("jwks");
     assert_eq!(r.status(), StatusCode::OK);
     r.json().await.expect("jwks json")
 }
 
 /// Verifies `token` against the server's JWKS (EdDSA, `aud` = `audience`, not expired) and returns
 /// its header and claims.
-pub async fn verify_token(addr: &str, token: &str, audience: &str) -> Result<(jsonwebtoken::Header, Value), String> {
+pub async fn verify_token(
+    addr: &str,
+    token: &str,
+    audience: &str,
+) -> Result<(jsonwebtoken::Header, Value), String> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
     let header = decode_header(token).map_err(|e| format!("header: {e}"))?;
     let kid = header.kid.clone().ok_or("no kid in the token header")?;
     let set = jwks(addr).await;
-    let jwk = set.find(&kid).ok_or_else(|| format!("kid {kid} is not in the JWKS"))?;
+    let jwk = set
+        .find(&kid)
+        .ok_or_else(|| format!("kid {kid} is not in the JWKS"))?;
     let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("jwk: {e}"))?;
     let mut v = Validation::new(Algorithm::EdDSA);
     v.set_audience(&[audience]);
@@ -436,7 +522,9 @@ pub async fn verify_token(addr: &str, token: &str, audience: &str) -> Result<(js
 
 /// Parses an RFC 3339 time as Unix seconds.
 pub fn unix(rfc3339: &Value) -> i64 {
-    let s = rfc3339.as_str().unwrap_or_else(|| panic!("not a time: {rfc3339}"));
+    let s = rfc3339
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {rfc3339}"));
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("bad time {s}: {e}"))
         .unix_timestamp()

@@ -2,9 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
-mod cli;
-mod smoke;
-mod flows;
 mod bad_input;
+mod cli;
 mod crash;
+mod flows;
+mod harness;
+mod smoke;

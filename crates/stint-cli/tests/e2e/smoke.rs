@@ -11,7 +11,10 @@ async fn approved_session_token_is_active_until_the_session_ends() {
     let s = w.request(json!({})).await;
     assert_eq!(s["state"], "requested");
     let sid = s["id"].as_str().unwrap();
-    let (st, v) = w.alice.post(&format!("/v1/sessions/{sid}/approve"), json!({"comment": "ok"})).await;
+    let (st, v) = w
+        .alice
+        .post(&format!("/v1/sessions/{sid}/approve"), json!({"comment": "ok"}))
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "active");
     let token = w.token(sid).await;

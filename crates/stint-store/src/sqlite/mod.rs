@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    Batch, PrincipalRecord, PrincipalWrite, SessionFilter, SessionWrite, Store, StoreError,
-    StoreResult, TargetRecord, TargetWrite, Versioned, needs_revocation,
+    Batch, PrincipalRecord, PrincipalWrite, SessionFilter, SessionWrite, Store, StoreError, StoreResult,
+    TargetRecord, TargetWrite, Versioned, needs_revocation,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -31,9 +31,7 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 fn db_err(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
-            StoreError::Duplicate("name".to_owned())
-        }
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate("name".to_owned()),
         _ => backend(e),
     }
 }
@@ -177,19 +175,19 @@ async fn write_principal(
 
 async fn write_target(tx: &mut sqlx::SqliteConnection, w: &TargetWrite) -> StoreResult<()> {
     let r = match w {
-        TargetWrite::Insert(t) => sqlx::query(
-            "INSERT INTO targets (name, kind, doc, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(&t.name)
-        .bind(&t.kind)
-        .bind(&t.doc)
-        .bind(format_time(t.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match db_err(e) {
-            StoreError::Duplicate(_) => StoreError::Duplicate(t.name.clone()),
-            other => other,
-        })?,
+        TargetWrite::Insert(t) => {
+            sqlx::query("INSERT INTO targets (name, kind, doc, created_at) VALUES (?1, ?2, ?3, ?4)")
+                .bind(&t.name)
+                .bind(&t.kind)
+                .bind(&t.doc)
+                .bind(format_time(t.created_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match db_err(e) {
+                    StoreError::Duplicate(_) => StoreError::Duplicate(t.name.clone()),
+                    other => other,
+                })?
+        }
         TargetWrite::Update(t) => sqlx::query("UPDATE targets SET kind = ?2, doc = ?3 WHERE name = ?1")
             .bind(&t.name)
             .bind(&t.kind)

@@ -73,7 +73,9 @@ async fn principals_round_trip_and_names_are_unique() {
     .unwrap();
     assert_eq!(st.principal(&p.id).await.unwrap(), Some(p.clone()));
     assert_eq!(
-        st.principal_by_key_hash(p.key_hash.as_deref().unwrap()).await.unwrap(),
+        st.principal_by_key_hash(p.key_hash.as_deref().unwrap())
+            .await
+            .unwrap(),
         Some(p.clone())
     );
     let dup = st
@@ -137,6 +139,8 @@ async fn audit_chain_links_across_commits_and_detects_tampering() {
     let v = st.verify_audit().await.unwrap();
     assert!(!v.ok);
     assert_eq!(v.first_bad_seq, Some(4));
-    st.execute_raw("DELETE FROM audit WHERE seq = 2".into()).await.unwrap();
+    st.execute_raw("DELETE FROM audit WHERE seq = 2".into())
+        .await
+        .unwrap();
     assert_eq!(st.verify_audit().await.unwrap().first_bad_seq, Some(2));
 }
