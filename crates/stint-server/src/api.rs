@@ -302,7 +302,7 @@ async fn create_target(
 ) -> ApiResult<(StatusCode, Json<Target>)> {
     Ok((
         StatusCode::CREATED,
-        Json(svc.create_target(&c, req).await?.view()),
+        Json(svc.create_target(&c, req).await?),
     ))
 }
 
@@ -318,7 +318,7 @@ async fn list_targets(
     let items = svc.targets(q.cursor.as_deref(), limit).await?;
     Ok(Json(List {
         next_cursor: next_cursor(&items, limit, |t| t.name.clone()),
-        items: items.iter().map(|t| t.view()).collect(),
+        items,
     }))
 }
 
@@ -326,7 +326,7 @@ async fn list_targets(
     responses((status = 200, body = Target), (status = 401, body = Problem), (status = 404, body = Problem)),
     security(("api_key" = [])))]
 async fn get_target(State(svc): Svc, Auth(_c): Auth, PathId(name): PathId) -> ApiResult<Json<Target>> {
-    Ok(Json(svc.target(&name).await?.view()))
+    Ok(Json(svc.target(&name).await?))
 }
 
 #[utoipa::path(patch, path = "/v1/targets/{name}", tag = "targets", request_body = PatchTarget,
@@ -339,7 +339,7 @@ async fn patch_target(
     PathId(name): PathId,
     Body(p): Body<PatchTarget>,
 ) -> ApiResult<Json<Target>> {
-    Ok(Json(svc.patch_target(&c, &name, p).await?.view()))
+    Ok(Json(svc.patch_target(&c, &name, p).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/targets/{name}", tag = "targets",

@@ -35,62 +35,15 @@ const STRIPES: usize = 256;
 /// Longest accepted free-text field.
 pub const MAX_TEXT: usize = 1000;
 
-/// A target as stored (its `secret` part is never returned).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TargetDoc {
-    /// Unique name.
-    pub name: String,
-    /// Kind.
-    pub kind: TargetKind,
-    /// Longest session.
-    pub max_ttl_s: u64,
-    /// Longest credential.
-    pub token_ttl_s: u64,
-    /// Who may request.
-    pub requester_groups: Vec<String>,
-    /// Who may approve.
-    pub approver_groups: Vec<String>,
-    /// Approvals needed.
-    pub approvals_required: u32,
-    /// Label.
-    pub environment: Option<String>,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Required binding kind.
-    pub require_binding: Option<BindingKind>,
-    /// Non-secret settings.
-    pub config: serde_json::Value,
-    /// Creation time.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-}
+/// A target as stored: its wire form. (Kinds with secrets will keep a write-only part beside it.)
+pub type TargetDoc = stint_proto::Target;
 
-impl TargetDoc {
-    /// The `aud` of this target's tokens.
-    pub fn audience(&self) -> String {
-        self.config
-            .get("audience")
-            .and_then(|a| a.as_str())
-            .map_or_else(|| self.name.clone(), str::to_owned)
-    }
-
-    /// The wire form.
-    pub fn view(&self) -> stint_proto::Target {
-        stint_proto::Target {
-            name: self.name.clone(),
-            kind: self.kind,
-            max_ttl_s: self.max_ttl_s,
-            token_ttl_s: self.token_ttl_s,
-            requester_groups: self.requester_groups.clone(),
-            approver_groups: self.approver_groups.clone(),
-            approvals_required: self.approvals_required,
-            environment: self.environment.clone(),
-            tags: self.tags.clone(),
-            require_binding: self.require_binding,
-            config: self.config.clone(),
-            created_at: self.created_at,
-        }
-    }
+/// The `aud` of a target's tokens: `config.audience`, else the target's name.
+pub fn audience(t: &TargetDoc) -> String {
+    t.config
+        .get("audience")
+        .and_then(|a| a.as_str())
+        .map_or_else(|| t.name.clone(), str::to_owned)
 }
 
 /// `PATCH /v1/targets/{name}`.
@@ -279,9 +232,7 @@ impl Service {
             let _g = self.lock(&id).await;
             let now = self.clock.now();
             let (s, fx) = v.session.apply(Event::Tick { activity: None }, now)?;
-            let s = self
-                .finish(&v.session, v.version, s, fx, Batch::default(), now)
-                .await?;
+            let s = self.finish(&v.session, v.version, s, fx, now).await?;
             if s.state == State::Active {
                 self.rebuild_tokens(&s, now).await?;
                 kept += 1;
@@ -336,7 +287,7 @@ impl Service {
 
     async fn rebuild_tokens(&self, s: &Session, now: OffsetDateTime) -> anyhow::Result<()> {
         let audience = match self.target_doc(&s.target).await {
-            Ok(t) => t.audience(),
+            Ok(t) => audience(&t),
             Err(_) => s.target.clone(),
         };
         let Some(live) = self.live.session(&s.id) else {
@@ -387,19 +338,21 @@ impl Service {
 
     // ----- the one path every session change takes --------------------------------------------
 
-    /// Persists a transition's result and carries out its effects. The caller holds the session's
-    /// lock. Returns the session as committed.
-    async fn finish(
+    /// Carries out a transition's effects that must precede its commit: a session that reached a
+    /// final state is killed in memory first (fail closed), and each credential to revoke is revoked
+    /// by its provider, whose outcome is applied to the session. Returns the session and every audit
+    /// event to commit with it.
+    fn carry_out(
         &self,
-        old: &Session,
-        version: i64,
         mut s: Session,
         effects: Vec<Effect>,
-        mut extra: Batch,
         now: OffsetDateTime,
-    ) -> ApiResult<Session> {
+    ) -> ApiResult<(Session, Vec<PendingAudit>)> {
+        if s.state.is_final() {
+            self.live.kill(&s.id);
+        }
         let mut audit = Vec::new();
-        let mut revokes = Vec::new();
+        let mut outcomes = Vec::new();
         for e in effects {
             match e {
                 Effect::Audit(a) => audit.push(a),
@@ -407,26 +360,10 @@ impl Service {
                     credential,
                     kind,
                     handle,
-                } => revokes.push((credential, kind, handle)),
+                } => outcomes.push(self.revoke(credential, kind, &handle)),
             }
         }
-        // Fail closed: kill in memory before the end is persisted.
-        if s.state.is_final() {
-            self.live.kill(&s.id);
-        }
-        for (credential, kind, handle) in revokes {
-            let event = match kind {
-                CredentialKind::Jwt => {
-                    if let Some(h) = handle_to_hash(&handle) {
-                        self.live.remove_token(&h);
-                    }
-                    Event::RevocationConfirmed { credential }
-                }
-                other => Event::RevocationFailed {
-                    credential,
-                    error: format!("no {} provider is configured", other.as_str()),
-                },
-            };
+        for event in outcomes {
             let (next, fx) = s.apply(event, now)?;
             s = next;
             audit.extend(fx.into_iter().filter_map(|e| match e {
@@ -434,17 +371,51 @@ impl Service {
                 Effect::Revoke { .. } => None,
             }));
         }
-        if s == *old && audit.is_empty() && extra.is_empty() {
+        Ok((s, audit))
+    }
+
+    /// Revokes one credential with its kind's provider and reports the outcome as an event. JWTs die
+    /// in the live index; other kinds have no provider in this version and are recorded as failed.
+    fn revoke(&self, credential: CredentialId, kind: CredentialKind, handle: &str) -> Event {
+        match kind {
+            CredentialKind::Jwt => {
+                if let Some(h) = handle_to_hash(handle) {
+                    self.live.remove_token(&h);
+                }
+                Event::RevocationConfirmed { credential }
+            }
+            other => Event::RevocationFailed {
+                credential,
+                error: format!("no {} provider is configured", other.as_str()),
+            },
+        }
+    }
+
+    /// Persists a transition's result and carries out its effects. The caller holds the session's
+    /// lock. Returns the session as committed.
+    async fn finish(
+        &self,
+        old: &Session,
+        version: i64,
+        s: Session,
+        effects: Vec<Effect>,
+        now: OffsetDateTime,
+    ) -> ApiResult<Session> {
+        let (s, audit) = self.carry_out(s, effects, now)?;
+        if s == *old && audit.is_empty() {
             self.live.sync(&s);
             self.scheduler.set(&s.id, s.next_wake());
             return Ok(s);
         }
-        extra.sessions.push(SessionWrite {
-            session: s.clone(),
-            expected_version: Some(version),
-        });
-        extra.audit.splice(0..0, audit);
-        let records = self.store.commit(extra).await?;
+        let batch = Batch {
+            sessions: vec![SessionWrite {
+                session: s.clone(),
+                expected_version: Some(version),
+            }],
+            audit,
+            ..Default::default()
+        };
+        let records = self.store.commit(batch).await?;
         m::audit_written(records.len());
         self.after_commit(old, &s, now);
         Ok(s)
@@ -475,9 +446,7 @@ impl Service {
         let now = self.clock.now();
         let events = plan(&v.session, now)?;
         let (s, fx, usage) = self.apply_all(&v.session, events, now)?;
-        let s = self
-            .finish(&v.session, v.version, s, fx, Batch::default(), now)
-            .await?;
+        let s = self.finish(&v.session, v.version, s, fx, now).await?;
         if let (Some(u), Some(l)) = (usage, self.live.session(id)) {
             l.usage_written(&u);
         }
@@ -721,7 +690,7 @@ impl Service {
             if session.state.is_final() {
                 continue;
             }
-            let (mut s, fx, usage) = match self.apply_all(&session, vec![event.clone()], now) {
+            let (s, fx, usage) = match self.apply_all(&session, vec![event.clone()], now) {
                 Ok(r) => r,
                 // A limit that changes nothing on this session is not an error.
                 Err(e) if matches!(event, Event::Limit { .. }) => {
@@ -730,36 +699,8 @@ impl Service {
                 }
                 Err(e) => return Err(e),
             };
-            if s.state.is_final() {
-                self.live.kill(&s.id);
-            }
-            for e in fx {
-                match e {
-                    Effect::Audit(a) => extra.audit.push(a),
-                    Effect::Revoke {
-                        credential,
-                        kind,
-                        handle,
-                    } => {
-                        if let Some(h) = handle_to_hash(&handle) {
-                            self.live.remove_token(&h);
-                        }
-                        let ev = match kind {
-                            CredentialKind::Jwt => Event::RevocationConfirmed { credential },
-                            other => Event::RevocationFailed {
-                                credential,
-                                error: format!("no {} provider is configured", other.as_str()),
-                            },
-                        };
-                        let (next, more) = s.apply(ev, now)?;
-                        s = next;
-                        extra.audit.extend(more.into_iter().filter_map(|e| match e {
-                            Effect::Audit(a) => Some(a),
-                            Effect::Revoke { .. } => None,
-                        }));
-                    }
-                }
-            }
+            let (s, audit) = self.carry_out(s, fx, now)?;
+            extra.audit.extend(audit);
             extra.sessions.push(SessionWrite {
                 session: s.clone(),
                 expected_version: Some(version),
@@ -885,7 +826,7 @@ impl Service {
                     actor: caller.id.clone(),
                     action: "target.created".into(),
                     session: None,
-                    details: serde_json::to_value(doc.view()).unwrap_or_default(),
+                    details: serde_json::to_value(&doc).unwrap_or_default(),
                 }],
                 ..Default::default()
             })
@@ -1329,7 +1270,7 @@ impl Service {
                 "the session's target no longer exists",
             )
         })?;
-        let audience = target.audience();
+        let audience = audience(&target);
         let jti = CredentialId::from_u128(new_u128());
         let issued: std::sync::Mutex<Option<(String, TokenHash, OffsetDateTime)>> =
             std::sync::Mutex::new(None);
