@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::client::{Client, parse_duration};
 
 /// stint: session-bound access for non-human identities.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "stint", version, about)]
 pub struct Cli {
     /// Server address.
@@ -30,6 +30,17 @@ pub struct Cli {
     json: bool,
     #[command(subcommand)]
     cmd: Command,
+}
+
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("json", &self.json)
+            .field("cmd", &self.cmd)
+            .finish()
+    }
 }
 
 #[derive(Debug, Subcommand)]

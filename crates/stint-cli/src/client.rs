@@ -5,11 +5,20 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 /// API client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &"[redacted]")
+            .finish()
+    }
 }
 
 /// An error answer from the server.

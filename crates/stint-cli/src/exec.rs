@@ -166,26 +166,48 @@ pub async fn run(c: Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(NOT_GRANTED));
         }
         Ok(Waited::Interrupted) => {
-            let _ = c.post(&format!("/v1/sessions/{id}/cancel"), json!({})).await;
-            eprintln!("stint: stopped waiting; session {id} canceled");
+            // `end` cancels a pending session and ends one that was approved a moment ago.
+            end_session(&c, &id).await;
             return Ok(ExitCode::from(INTERRUPTED));
         }
         Err(e) => {
-            let _ = c.post(&format!("/v1/sessions/{id}/cancel"), json!({})).await;
+            end_session(&c, &id).await;
             return Err(e);
         }
     }
 
     let result = run_child(&c, &id, idle_s, &a.command).await;
     // Whatever happened to the child, the session ends now.
-    match c.post(&format!("/v1/sessions/{id}/end"), json!({})).await {
-        Ok(v) => eprintln!(
-            "stint: session {id} ended ({})",
-            v["end_reason"].as_str().unwrap_or("?")
-        ),
-        Err(e) => eprintln!("stint: session {id} already over: {e}"),
-    }
+    end_session(&c, &id).await;
     result
+}
+
+/// Ends (or cancels) the session, retrying server errors a few times; a session that is already over
+/// is fine.
+async fn end_session(c: &Client, id: &str) {
+    for attempt in 0..5u64 {
+        match c.post(&format!("/v1/sessions/{id}/end"), json!({})).await {
+            Ok(v) => {
+                let how = v["end_reason"].as_str().unwrap_or("?");
+                eprintln!("stint: session {id} is over ({how})");
+                return;
+            }
+            Err(e) => {
+                let retry = e
+                    .downcast_ref::<crate::client::ApiFailure>()
+                    .is_none_or(|f| f.status.is_server_error());
+                if !retry {
+                    eprintln!("stint: session {id} already over: {e}");
+                    return;
+                }
+                if attempt == 4 {
+                    eprintln!("stint: could not end session {id}: {e}; its idle timeout will end it");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+        }
+    }
 }
 
 async fn run_child(c: &Client, id: &str, idle_s: u64, command: &[String]) -> anyhow::Result<ExitCode> {
@@ -201,12 +223,18 @@ async fn run_child(c: &Client, id: &str, idle_s: u64, command: &[String]) -> any
     write_token_file(&token_file, &token)?;
 
     let (program, args) = command.split_first().context("no command given")?;
-    let spawned = tokio::process::Command::new(program)
-        .args(args)
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args);
+    // The child gets the session's access and nothing of the caller's: no API key, no bootstrap key.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("STINT_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let spawned = cmd
         .env("STINT_ACCESS_TOKEN", &token)
         .env("STINT_ACCESS_TOKEN_FILE", &token_file)
         .env("STINT_SESSION_ID", id)
-        .env_remove("STINT_TOKEN")
         .spawn();
     let mut child = match spawned {
         Ok(c) => c,
@@ -236,7 +264,13 @@ async fn run_child(c: &Client, id: &str, idle_s: u64, command: &[String]) -> any
     let mut session_over = false;
     let status = loop {
         tokio::select! {
-            st = child.wait() => break st?,
+            st = child.wait() => match st {
+                Ok(st) => break st,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e.into());
+                }
+            },
             _ = heartbeat.tick(), if !session_over => {
                 if let Err(e) = c.post(&format!("/v1/sessions/{id}/heartbeat"), json!({})).await {
                     eprintln!("stint: session {id} is no longer active ({e}); its credentials are dead");

@@ -61,7 +61,9 @@ pub fn format_time(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// The canonical text that is hashed for an event, or `None` when `details` is not JSON.
+/// The canonical text that is hashed for an event, or `None` when `details` is not JSON in its one
+/// canonical encoding (compact, keys sorted, no duplicate keys): stored bytes that merely parse to the
+/// same value are rejected, so the hash covers exactly what is stored.
 pub fn canonical(
     seq: i64,
     at: &str,
@@ -70,7 +72,12 @@ pub fn canonical(
     session: Option<&str>,
     details: &str,
 ) -> Option<String> {
-    let details: Value = serde_json::from_str(details).ok()?;
+    let parsed: Value = serde_json::from_str(details).ok()?;
+    let reencoded = parsed.to_string();
+    if reencoded != details {
+        return None;
+    }
+    let details = parsed;
     // serde_json's default map is a BTreeMap: keys come out sorted, at every depth.
     let value = serde_json::json!({
         "seq": seq,
@@ -154,6 +161,11 @@ impl Verifier {
         }
     }
 
+    /// The `seq` the next record must have.
+    pub fn next_seq(&self) -> i64 {
+        self.expected_seq
+    }
+
     /// Checks the next record. Returns false once the chain is broken (further input is ignored).
     pub fn push(&mut self, r: &AuditRecord) -> bool {
         if self.bad.is_some() {
@@ -173,7 +185,7 @@ impl Verifier {
                 r.session.as_deref(),
                 &r.details,
             ) {
-                None => Some("details do not parse as JSON".to_owned()),
+                None => Some("details are not canonical JSON".to_owned()),
                 Some(canon) if chain_hash(&r.prev_hash, &canon) != r.hash => {
                     Some("hash does not match the event's content".to_owned())
                 }
@@ -261,20 +273,26 @@ mod tests {
 
     #[test]
     fn canonical_form_sorts_keys_and_is_compact() {
-        let c = canonical(
-            1,
-            "t",
-            "system",
-            "a.b",
-            None,
-            r#"{"z": 1, "a": {"y": 2, "b": 3}}"#,
-        );
+        let c = canonical(1, "t", "system", "a.b", None, r#"{"a":{"b":3,"y":2},"z":1}"#);
         assert_eq!(
             c.as_deref(),
             Some(
                 r#"{"action":"a.b","actor":"system","at":"t","details":{"a":{"b":3,"y":2},"z":1},"seq":1,"session":null}"#
             )
         );
+    }
+
+    #[test]
+    fn details_in_any_but_the_canonical_encoding_are_refused() {
+        for alt in [
+            r#"{"z": 1}"#,
+            r#"{"b":1,"a":2}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":"\u0041"}"#,
+            r#"{"a":1.00}"#,
+        ] {
+            assert_eq!(canonical(1, "t", "system", "a.b", None, alt), None, "{alt}");
+        }
     }
 
     #[test]

@@ -462,6 +462,9 @@ pub enum TransitionError {
     /// A credential would outlive its session.
     #[error("credential would outlive its session")]
     OutlivesSession,
+    /// The session already handed out [`MAX_CREDENTIALS`] credentials.
+    #[error("the session has handed out its maximum number of credentials; request a new session")]
+    CredentialLimit,
 }
 
 type Outcome = Result<(Session, Vec<Effect>), TransitionError>;
@@ -469,6 +472,9 @@ type Outcome = Result<(Session, Vec<Effect>), TransitionError>;
 fn secs(s: u64) -> Duration {
     Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX))
 }
+
+/// Most credentials one session hands out (bounds the session document and the token index).
+pub const MAX_CREDENTIALS: usize = 1000;
 
 /// Longest accepted duration field: 10 years, so deadlines never overflow the calendar.
 pub const MAX_DURATION_S: u64 = 10 * 366 * 24 * 3600;
@@ -627,6 +633,9 @@ impl Session {
                     .iter_mut()
                     .find(|c| c.id == credential)
                     .ok_or(TransitionError::UnknownCredential)?;
+                if cred.revocation != Revocation::None || cred.expires_at <= last_at {
+                    return Err(TransitionError::NotActive);
+                }
                 if cred.first_used_at.is_none() {
                     cred.first_used_at = Some(first_at.min(now));
                 }
@@ -660,6 +669,9 @@ impl Session {
                 }
                 if s.credentials.iter().any(|c| c.id == credential.id) {
                     return Err(TransitionError::Invalid("duplicate credential id".into()));
+                }
+                if s.credentials.len() >= MAX_CREDENTIALS {
+                    return Err(TransitionError::CredentialLimit);
                 }
                 fx.push(s.audit(
                     now,

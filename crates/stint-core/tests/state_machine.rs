@@ -993,11 +993,7 @@ fn use_after_deadline_is_refused_before_any_tick() {
 fn uses_that_happened_before_the_deadline_count_when_reported_after_it() {
     let s = issue(&active(), 1, at(1));
     let deadline = s.expires_at.unwrap_or(T0);
-    let (s, fx) = step(
-        &s,
-        used(1, 5, deadline - time::Duration::seconds(1)),
-        deadline + time::Duration::seconds(1),
-    );
+    let (s, fx) = step(&s, used(1, 5, at(2)), deadline + time::Duration::seconds(1));
     assert_eq!(s.uses, 5);
     assert_eq!(actions(&fx), ["credential.used"]);
 }
@@ -1698,6 +1694,17 @@ proptest! {
             check_session(&s)?;
         }
     }
+}
+
+#[test]
+fn uses_of_a_revoked_credential_are_refused() {
+    let s = issue(&active(), 1, at(1));
+    let revoke = Event::RevokeCredential {
+        credential: cred_id(1),
+        by: Actor::System,
+    };
+    let (s, _) = step(&s, revoke, at(2));
+    assert_eq!(refused(&s, used(1, 1, at(3)), at(3)), TransitionError::NotActive);
 }
 
 #[test]

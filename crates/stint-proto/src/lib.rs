@@ -116,7 +116,7 @@ pub struct Principal {
 }
 
 /// `POST /v1/principals` answer: the principal and its API key, shown only here.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct PrincipalCreated {
     /// The principal.
     #[serde(flatten)]
@@ -126,7 +126,7 @@ pub struct PrincipalCreated {
 }
 
 /// `POST /v1/principals/{id}/rotate-key` answer.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiKey {
     /// The new key; the old one no longer works.
     pub api_key: String,
@@ -423,7 +423,7 @@ pub struct EndRequest {
 }
 
 /// `POST /v1/sessions/{id}/credentials` answer for a `jwt` target.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct JwtCredential {
     /// `crd_…`, also the token's `jti`.
     pub id: String,
@@ -560,4 +560,30 @@ pub struct KeyRotated {
     pub kid: String,
     /// Keys still published.
     pub published: Vec<String>,
+}
+
+// Types that carry a secret print it redacted.
+impl std::fmt::Debug for PrincipalCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrincipalCreated")
+            .field("principal", &self.principal)
+            .field("api_key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey").field("api_key", &"[redacted]").finish()
+    }
+}
+
+impl std::fmt::Debug for JwtCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtCredential")
+            .field("id", &self.id)
+            .field("access_token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }

@@ -300,10 +300,7 @@ async fn create_target(
     Auth(c): Auth,
     Body(req): Body<CreateTarget>,
 ) -> ApiResult<(StatusCode, Json<Target>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(svc.create_target(&c, req).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(svc.create_target(&c, req).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/targets", tag = "targets", params(ListQuery),

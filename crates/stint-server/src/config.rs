@@ -25,6 +25,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Default `token_ttl_s` for targets that do not set one.
     pub default_token_ttl_s: u64,
+    /// stint speaks plain HTTP: it refuses to bind anything but loopback unless this is set, which
+    /// says a TLS-terminating proxy stands in front of it.
+    pub plaintext_behind_tls_proxy: bool,
 }
 
 impl Default for Config {
@@ -37,6 +40,7 @@ impl Default for Config {
             use_audit_interval_s: 30,
             max_body_bytes: 64 * 1024,
             default_token_ttl_s: 300,
+            plaintext_behind_tls_proxy: false,
         }
     }
 }
@@ -70,6 +74,7 @@ impl Config {
                 "use_audit_interval_s",
                 "max_body_bytes",
                 "default_token_ttl_s",
+                "plaintext_behind_tls_proxy",
             ]))
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig
@@ -90,9 +95,33 @@ impl Config {
         if self.max_body_bytes < 1024 {
             anyhow::bail!("max_body_bytes must be at least 1024");
         }
-        if self.default_token_ttl_s == 0 {
-            anyhow::bail!("default_token_ttl_s must be at least 1");
+        if self.default_token_ttl_s == 0 || self.default_token_ttl_s > max {
+            anyhow::bail!("default_token_ttl_s must be between 1 and {max}");
+        }
+        if !self.listen.ip().is_loopback() && !self.plaintext_behind_tls_proxy {
+            anyhow::bail!(
+                "refusing to serve API keys and tokens over plain HTTP on `{}`: bind a loopback address \
+                 and put a TLS-terminating proxy in front (then set plaintext_behind_tls_proxy = true)",
+                self.listen
+            );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_loopback_plaintext_is_refused_unless_a_proxy_is_declared() {
+        let mut c = Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8300)),
+            ..Config::default()
+        };
+        assert!(c.check().is_err());
+        c.plaintext_behind_tls_proxy = true;
+        assert!(c.check().is_ok());
+        assert!(Config::default().check().is_ok());
     }
 }

@@ -44,7 +44,15 @@ pub fn well_formed(key: &str) -> bool {
 /// Live principals by key hash.
 #[derive(Debug, Default)]
 pub struct Directory {
-    by_prefix: RwLock<HashMap<String, Vec<Arc<PrincipalRecord>>>>,
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// First 16 hex digits of the key hash → principals (almost always one).
+    by_prefix: HashMap<String, Vec<Arc<PrincipalRecord>>>,
+    /// Live principal id → its key-hash prefix.
+    by_id: HashMap<String, String>,
 }
 
 fn prefix(hash: &str) -> String {
@@ -52,16 +60,32 @@ fn prefix(hash: &str) -> String {
 }
 
 impl Directory {
-    /// Adds or replaces a principal (replacing drops its old key at once).
+    /// Adds or replaces a principal (replacing drops its old key at once; an offboarded principal
+    /// is removed).
     pub fn upsert(&self, p: PrincipalRecord) {
-        let mut map = self.by_prefix.write().unwrap_or_else(|e| e.into_inner());
-        for list in map.values_mut() {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = inner.by_id.remove(&p.id)
+            && let Some(list) = inner.by_prefix.get_mut(&old)
+        {
             list.retain(|q| q.id != p.id);
+            if list.is_empty() {
+                inner.by_prefix.remove(&old);
+            }
         }
-        map.retain(|_, l| !l.is_empty());
         if let (Some(h), None) = (&p.key_hash, p.deleted_at) {
-            map.entry(prefix(h)).or_default().push(Arc::new(p));
+            let pre = prefix(h);
+            inner.by_id.insert(p.id.clone(), pre.clone());
+            inner.by_prefix.entry(pre).or_default().push(Arc::new(p));
         }
+    }
+
+    /// True while the principal with this id is live (not offboarded).
+    pub fn is_live(&self, id: &str) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .contains_key(id)
     }
 
     /// The live principal holding `key`, if any.
@@ -70,8 +94,10 @@ impl Directory {
             return None;
         }
         let h = key_hash(key);
-        let map = self.by_prefix.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&prefix(&h))?
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_prefix
+            .get(&prefix(&h))?
             .iter()
             .find(|p| {
                 p.key_hash

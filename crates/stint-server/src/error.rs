@@ -105,6 +105,7 @@ impl From<TransitionError> for ApiError {
             TransitionError::AlreadyFinal(_) => (StatusCode::CONFLICT, "session_final"),
             TransitionError::UnknownCredential => (StatusCode::NOT_FOUND, "not_found"),
             TransitionError::OutlivesSession => (StatusCode::CONFLICT, "session_not_active"),
+            TransitionError::CredentialLimit => (StatusCode::CONFLICT, "credential_limit"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -70,6 +70,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let store = SqliteStore::open(&cfg.data_dir.join("stint.db"))
         .await
         .context("opening the store")?;
+    let db = cfg.data_dir.join("stint.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))?;
     let keys = keys::KeyRing::open(&cfg.data_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

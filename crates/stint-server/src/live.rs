@@ -19,7 +19,8 @@ pub type TokenHash = [u8; 32];
 /// Callers listed per aggregated `credential.used` event (the count is always exact).
 const MAX_CALLERS: usize = 32;
 
-fn ms(t: OffsetDateTime) -> i64 {
+/// A time as Unix milliseconds.
+pub fn ms(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
@@ -62,6 +63,11 @@ impl LiveSession {
             Some(idle) => now_ms < self.last_activity_ms.load(Ordering::Acquire).saturating_add(idle),
             None => true,
         }
+    }
+
+    /// The deadline in Unix seconds.
+    pub fn deadline_s(&self) -> i64 {
+        self.deadline_ms.load(Ordering::Acquire).div_euclid(1000)
     }
 
     /// Records a heartbeat or use.

@@ -16,7 +16,7 @@ struct Timers {
     due: HashMap<SessionId, OffsetDateTime>,
 }
 
-/// The timer set.
+/// The timer set. Invariant: every session in `due` has a heap entry no later than its due time.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     timers: Mutex<Timers>,
@@ -32,8 +32,15 @@ impl Scheduler {
                 t.due.remove(id);
             }
             Some(at) => {
-                if t.due.get(id) == Some(&at) {
-                    return;
+                match t.due.get(id) {
+                    Some(cur) if *cur == at => return,
+                    // The heap already holds an earlier entry; when it comes up, it is moved to `at`.
+                    // Timers that only move later (heartbeats) thus never grow the heap.
+                    Some(cur) if *cur < at => {
+                        t.due.insert(id.clone(), at);
+                        return;
+                    }
+                    _ => {}
                 }
                 let earliest = t.heap.peek().map(|Reverse((w, _))| *w);
                 t.due.insert(id.clone(), at);
@@ -64,9 +71,22 @@ impl Scheduler {
                 let now = clock.now();
                 let mut out = Vec::new();
                 while let Some(Reverse((at, id))) = t.heap.peek().cloned() {
-                    if t.due.get(&id) != Some(&at) {
-                        t.heap.pop();
-                        continue;
+                    match t.due.get(&id).copied() {
+                        None => {
+                            t.heap.pop();
+                            continue;
+                        }
+                        Some(due) if due > at => {
+                            t.heap.pop();
+                            t.heap.push(Reverse((due, id)));
+                            continue;
+                        }
+                        Some(due) if due < at => {
+                            // A stale later entry; the earlier one was handled already.
+                            t.heap.pop();
+                            continue;
+                        }
+                        Some(_) => {}
                     }
                     if at > now {
                         break;
@@ -88,5 +108,43 @@ impl Scheduler {
                 () = self.changed.notified() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stint_core::ManualClock;
+    use time::macros::datetime;
+
+    #[tokio::test]
+    async fn timers_fire_in_order_and_moving_later_does_not_grow_the_heap() {
+        let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+        let s = Scheduler::default();
+        let (a, b) = (SessionId::from_u128(1), SessionId::from_u128(2));
+        let t0 = clock.now();
+        s.set(&a, Some(t0 + time::Duration::seconds(10)));
+        s.set(&b, Some(t0 + time::Duration::seconds(5)));
+        for k in 11..1000 {
+            s.set(&a, Some(t0 + time::Duration::seconds(k)));
+        }
+        assert_eq!(s.timers.lock().map(|t| t.heap.len()).unwrap_or(0), 2);
+        clock.advance(time::Duration::seconds(6));
+        assert_eq!(
+            s.next_due(&clock)
+                .await
+                .iter()
+                .map(|(id, _)| id.clone())
+                .collect::<Vec<_>>(),
+            vec![b]
+        );
+        clock.advance(time::Duration::seconds(500));
+        // a's old entry (10 s) comes up first and is moved to 999 s: nothing is due yet.
+        let t = tokio::time::timeout(std::time::Duration::from_millis(50), s.next_due(&clock)).await;
+        assert!(t.is_err());
+        clock.advance(time::Duration::seconds(500));
+        let due = s.next_due(&clock).await;
+        assert_eq!(due, vec![(a, t0 + time::Duration::seconds(999))]);
+        assert!(s.is_empty());
     }
 }

@@ -128,7 +128,6 @@ struct AccessClaims<'a> {
 }
 
 /// What a credential request returns.
-#[derive(Debug)]
 pub struct IssuedJwt {
     /// Its id.
     pub id: CredentialId,
@@ -136,6 +135,16 @@ pub struct IssuedJwt {
     pub token: String,
     /// Its expiry.
     pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedJwt")
+            .field("id", &self.id)
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// The service.
@@ -160,6 +169,12 @@ pub struct Service {
     /// True once start-up recovery finished.
     pub ready: AtomicBool,
     stripes: Vec<Mutex<()>>,
+    /// Serializes changes to principals and targets against session requests: requests hold it
+    /// shared, offboarding, key rotation and target changes hold it exclusively, so no request slips
+    /// past an offboarding or a target deletion that is listing the sessions to end.
+    admin_gate: tokio::sync::RwLock<()>,
+    /// Incremental verification of the audit chain for evidence (the full check is `verify_audit`).
+    chain: Mutex<stint_core::audit::Verifier>,
 }
 
 impl Service {
@@ -182,6 +197,8 @@ impl Service {
             directory: Directory::default(),
             ready: AtomicBool::new(false),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            admin_gate: tokio::sync::RwLock::new(()),
+            chain: Mutex::new(stint_core::audit::Verifier::new()),
         }
     }
 
@@ -498,6 +515,7 @@ impl Service {
         caller: &Caller,
         req: CreatePrincipal,
     ) -> ApiResult<(PrincipalRecord, String)> {
+        let _gate = self.admin_gate.write().await;
         require_admin(caller)?;
         check_name("`name`", &req.name)?;
         check_groups(&req.groups)?;
@@ -557,6 +575,7 @@ impl Service {
     /// Replaces a principal's API key; the old key stops working at once.
     pub async fn rotate_key(&self, caller: &Caller, id: &str) -> ApiResult<String> {
         require_admin(caller)?;
+        let _gate = self.admin_gate.write().await;
         let mut p = self
             .store
             .principal(id)
@@ -593,6 +612,7 @@ impl Service {
     /// pending ones are canceled — all in one transaction.
     pub async fn offboard(&self, caller: &Caller, id: &str) -> ApiResult<PrincipalRecord> {
         require_admin(caller)?;
+        let _gate = self.admin_gate.write().await;
         if caller.id == id {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -740,6 +760,7 @@ impl Service {
     /// Creates a target (admin).
     pub async fn create_target(&self, caller: &Caller, req: CreateTarget) -> ApiResult<TargetDoc> {
         require_admin(caller)?;
+        let _gate = self.admin_gate.write().await;
         check_name("`name`", &req.name)?;
         check_groups(&req.requester_groups)?;
         check_groups(&req.approver_groups)?;
@@ -853,6 +874,7 @@ impl Service {
     /// is later than the new `max_ttl_s` allows from activation; it never grows.
     pub async fn patch_target(&self, caller: &Caller, name: &str, p: PatchTarget) -> ApiResult<TargetDoc> {
         require_admin(caller)?;
+        let _gate = self.admin_gate.write().await;
         let mut doc = self.target_doc(name).await?;
         if let Some(g) = &p.requester_groups {
             check_groups(g)?;
@@ -924,6 +946,7 @@ impl Service {
     /// Deletes a target and ends all its sessions (reason `revoked`), atomically (admin).
     pub async fn delete_target(&self, caller: &Caller, name: &str) -> ApiResult<()> {
         require_admin(caller)?;
+        let _gate = self.admin_gate.write().await;
         self.target_doc(name).await?;
         let now = self.clock.now();
         let ids = self
@@ -966,6 +989,11 @@ impl Service {
     /// Requests a session.
     pub async fn request(&self, caller: &Caller, req: CreateSession) -> ApiResult<Session> {
         check_text("reason", &req.reason, true)?;
+        let _gate = self.admin_gate.read().await;
+        // The caller authenticated before the gate: it may have been offboarded meanwhile.
+        if !self.directory.is_live(&caller.id) {
+            return Err(ApiError::unauthenticated());
+        }
         let target = match self.target_doc(&req.target).await {
             Ok(t) => t,
             Err(e) if e.status == StatusCode::NOT_FOUND => {
@@ -1229,11 +1257,7 @@ impl Service {
         }
         let now = self.clock.now();
         match self.live.session(&sid) {
-            Some(l)
-                if l.is_live(i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)) =>
-            {
-                l.touch(now)
-            }
+            Some(l) if l.is_live(crate::live::ms(now)) => {}
             _ => return Err(stint_core::TransitionError::NotActive.into()),
         }
         self.mutate(
@@ -1244,7 +1268,11 @@ impl Service {
                 }
                 Ok(vec![Event::Tick { activity: Some(now) }])
             },
-            |_| (),
+            |s| {
+                if let (Some(l), Some(at)) = (self.live.session(&s.id), s.last_activity_at) {
+                    l.touch(at);
+                }
+            },
         )
         .await?;
         Ok(())
@@ -1341,8 +1369,27 @@ impl Service {
     )> {
         let s = self.session(caller, id).await?;
         let events = self.store.audit_for_session(&s.id).await?;
-        let chain = self.store.verify_audit().await?;
+        let chain = self.chain_status().await?;
         Ok((s, events, chain))
+    }
+
+    /// The chain's state, verified incrementally: only events appended since the last call are read.
+    /// (`GET /v1/audit/verify` rechecks everything from genesis.)
+    pub async fn chain_status(&self) -> ApiResult<stint_core::ChainVerification> {
+        let mut v = self.chain.lock().await;
+        loop {
+            let page = self.store.audit(v.next_seq() - 1, 1000).await?;
+            if page.is_empty() {
+                break;
+            }
+            for r in &page {
+                v.push(r);
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        Ok(v.clone().finish())
     }
 
     // ----- OAuth: introspection and revocation -----------------------------------------------
@@ -1387,12 +1434,19 @@ impl Service {
                 tracing::debug!(code = e.code, "use not recorded; answering inactive");
                 return Introspection::inactive();
             }
-            // The write may have ended the session (max uses reached): this use was still granted.
+            // The write may have ended the session (max uses reached): that use was still granted.
+            // Otherwise judge again at the current time: the session may have ended while we waited.
+            if !entry.session.counts_uses && !entry.is_active(self.clock.now()) {
+                return Introspection::inactive();
+            }
         } else {
             entry.session.record_use(&entry.jti, &caller.id, now);
         }
         entry.session.touch(now);
-        entry.claims.clone()
+        let mut answer = entry.claims.clone();
+        // A target's limits may have shrunk since issue: never report an expiry past the session's.
+        answer.exp = answer.exp.map(|e| e.min(entry.session.deadline_s()));
+        answer
     }
 
     /// RFC 7009 revocation: the token dies at once, its session goes on. Unknown tokens are fine.

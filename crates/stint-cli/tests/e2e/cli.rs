@@ -12,6 +12,8 @@ fn stint(addr: &str, key: &str, args: &[&str]) -> Output {
         .args(args)
         .env("STINT_ADDR", addr)
         .env("STINT_TOKEN", key)
+        // Must never reach a child of `stint exec`.
+        .env("STINT_BOOTSTRAP_ADMIN_KEY", "stint_must_not_leak")
         .stdin(Stdio::null())
         .output()
         .expect("run stint")
@@ -151,7 +153,7 @@ async fn exec_ends_the_session_when_the_child_exits_and_returns_its_code() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("seen");
     let script = format!(
-        "test -n \"$STINT_ACCESS_TOKEN\" && test -z \"$STINT_TOKEN\" && test -s \"$STINT_ACCESS_TOKEN_FILE\" && \
+        "test -n \"$STINT_ACCESS_TOKEN\" && test -z \"$STINT_TOKEN\" && test -z \"$STINT_BOOTSTRAP_ADMIN_KEY\" && test -s \"$STINT_ACCESS_TOKEN_FILE\" && \
          printf '%s %s' \"$STINT_SESSION_ID\" \"$STINT_ACCESS_TOKEN\" > {}; exit 3",
         out_file.display()
     );
