@@ -144,3 +144,23 @@ async fn audit_chain_links_across_commits_and_detects_tampering() {
         .unwrap();
     assert_eq!(st.verify_audit().await.unwrap().first_bad_seq, Some(2));
 }
+
+#[tokio::test]
+async fn events_cut_from_the_end_of_the_chain_are_found() {
+    let (_d, st) = store().await;
+    for a in ["a.one", "a.two", "a.three"] {
+        st.commit(Batch {
+            audit: vec![event(a)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert!(st.verify_audit().await.unwrap().ok);
+    st.execute_raw("DELETE FROM audit WHERE seq = 3".into())
+        .await
+        .unwrap();
+    let v = st.verify_audit().await.unwrap();
+    assert!(!v.ok);
+    assert_eq!(v.first_bad_seq, Some(3));
+}
