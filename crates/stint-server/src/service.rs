@@ -173,6 +173,8 @@ pub struct Service {
     /// shared, offboarding, key rotation and target changes hold it exclusively, so no request slips
     /// past an offboarding or a target deletion that is listing the sessions to end.
     admin_gate: tokio::sync::RwLock<()>,
+    /// Every target, by name (the store holds the same; targets change rarely and only here).
+    target_cache: std::sync::RwLock<std::collections::HashMap<String, TargetDoc>>,
     /// Incremental verification of the audit chain for evidence (the full check is `verify_audit`).
     chain: Mutex<stint_core::audit::Verifier>,
 }
@@ -198,6 +200,7 @@ impl Service {
             ready: AtomicBool::new(false),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             admin_gate: tokio::sync::RwLock::new(()),
+            target_cache: std::sync::RwLock::default(),
             chain: Mutex::new(stint_core::audit::Verifier::new()),
         }
     }
@@ -233,6 +236,17 @@ impl Service {
             after = Some(last.id.clone());
             for p in page {
                 self.directory.upsert(p);
+            }
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.targets(after.as_deref(), 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.name.clone());
+            for r in page {
+                let doc: TargetDoc = serde_json::from_str(&r.doc)
+                    .map_err(|e| anyhow::anyhow!("target `{}` is unreadable: {e}", r.name))?;
+                self.cache_target(Some(doc), &r.name);
             }
         }
         let v = self.store.verify_audit().await?;
@@ -745,16 +759,23 @@ impl Service {
 
     // ----- targets ----------------------------------------------------------------------------
 
+    /// A target from the in-memory copy (loaded at start; every change goes through this service
+    /// under the admin gate and updates it after its commit).
     async fn target_doc(&self, name: &str) -> ApiResult<TargetDoc> {
-        let rec = self
-            .store
-            .target(name)
-            .await?
-            .ok_or_else(|| ApiError::not_found("target"))?;
-        serde_json::from_str(&rec.doc).map_err(|e| {
-            tracing::error!(error = %e, target = name, "unreadable target document");
-            ApiError::internal()
-        })
+        self.target_cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("target"))
+    }
+
+    fn cache_target(&self, doc: Option<TargetDoc>, name: &str) {
+        let mut cache = self.target_cache.write().unwrap_or_else(|e| e.into_inner());
+        match doc {
+            Some(d) => cache.insert(name.to_owned(), d),
+            None => cache.remove(name),
+        };
     }
 
     /// Creates a target (admin).
@@ -852,6 +873,7 @@ impl Service {
                 ..Default::default()
             })
             .await?;
+        self.cache_target(Some(doc.clone()), &doc.name);
         Ok(doc)
     }
 
@@ -862,12 +884,17 @@ impl Service {
 
     /// Lists targets.
     pub async fn targets(&self, after: Option<&str>, limit: u32) -> ApiResult<Vec<TargetDoc>> {
-        self.store
-            .targets(after, limit)
-            .await?
-            .iter()
-            .map(|r| serde_json::from_str(&r.doc).map_err(|_| ApiError::internal()))
-            .collect()
+        let cache = self.target_cache.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&String> = cache
+            .keys()
+            .filter(|n| after.is_none_or(|a| n.as_str() > a))
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .take(limit as usize)
+            .filter_map(|n| cache.get(n).cloned())
+            .collect())
     }
 
     /// Changes a target's limits and groups (admin). Live sessions keep their deadline unless it
@@ -940,6 +967,7 @@ impl Service {
             by,
         };
         self.apply_to_all(ids, limit, extra).await?;
+        self.cache_target(Some(doc.clone()), name);
         Ok(doc)
     }
 
@@ -967,7 +995,9 @@ impl Service {
             }],
             ..Default::default()
         };
-        self.end_all(ids, by, EndReason::Revoked, extra).await
+        self.end_all(ids, by, EndReason::Revoked, extra).await?;
+        self.cache_target(None, name);
+        Ok(())
     }
 
     // ----- sessions ---------------------------------------------------------------------------
@@ -1147,7 +1177,13 @@ impl Service {
         Ok((page.into_iter().map(|v| v.session).collect(), next))
     }
 
-    async fn parse_and_authorize(&self, caller: &Caller, id: &str) -> ApiResult<(SessionId, bool, bool)> {
+    /// Loads a session the caller may see; returns its id, whether the caller owns it, whether the
+    /// caller may act as its approver, and the session as loaded.
+    async fn parse_and_authorize(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> ApiResult<(SessionId, bool, bool, Session)> {
         let sid = SessionId::parse(id).ok_or_else(|| ApiError::not_found("session"))?;
         let v = self
             .store
@@ -1159,7 +1195,7 @@ impl Service {
             return Err(ApiError::not_found("session"));
         }
         let own = v.session.principal.as_str() == caller.id;
-        Ok((sid, own, approver))
+        Ok((sid, own, approver, v.session))
     }
 
     fn caller_id(caller: &Caller) -> ApiResult<PrincipalId> {
@@ -1171,7 +1207,7 @@ impl Service {
         if let Some(c) = &comment {
             check_text("comment", c, false)?;
         }
-        let (sid, own, approver) = self.parse_and_authorize(caller, id).await?;
+        let (sid, own, approver, _) = self.parse_and_authorize(caller, id).await?;
         let me = Self::caller_id(caller)?;
         if own && !approver {
             return Err(ApiError::new(
@@ -1201,7 +1237,7 @@ impl Service {
     /// Denies a session.
     pub async fn deny(&self, caller: &Caller, id: &str, reason: String) -> ApiResult<Session> {
         check_text("reason", &reason, true)?;
-        let (sid, _, approver) = self.parse_and_authorize(caller, id).await?;
+        let (sid, _, approver, _) = self.parse_and_authorize(caller, id).await?;
         if !approver {
             return Err(ApiError::forbidden("caller is not an approver for this target"));
         }
@@ -1214,7 +1250,7 @@ impl Service {
 
     /// Cancels a requested or scheduled session (its requester or an admin).
     pub async fn cancel(&self, caller: &Caller, id: &str) -> ApiResult<Session> {
-        let (sid, own, _) = self.parse_and_authorize(caller, id).await?;
+        let (sid, own, _, _) = self.parse_and_authorize(caller, id).await?;
         if !own && !is_admin(caller) {
             return Err(ApiError::forbidden("only the requester can cancel a session"));
         }
@@ -1231,7 +1267,7 @@ impl Service {
         if let Some(n) = &note {
             check_text("reason", n, false)?;
         }
-        let (sid, own, approver) = self.parse_and_authorize(caller, id).await?;
+        let (sid, own, approver, _) = self.parse_and_authorize(caller, id).await?;
         if !own && !approver {
             return Err(ApiError::forbidden("caller may not end this session"));
         }
@@ -1249,7 +1285,7 @@ impl Service {
 
     /// Records a heartbeat: resets the idle timer (persisted, so a restart keeps it).
     pub async fn heartbeat(&self, caller: &Caller, id: &str) -> ApiResult<()> {
-        let (sid, own, _) = self.parse_and_authorize(caller, id).await?;
+        let (sid, own, _, _) = self.parse_and_authorize(caller, id).await?;
         if !own {
             return Err(ApiError::forbidden(
                 "only the session's principal can heartbeat it",
@@ -1280,18 +1316,13 @@ impl Service {
 
     /// Issues a JWT for an active session (its principal only).
     pub async fn issue_jwt(&self, caller: &Caller, id: &str) -> ApiResult<IssuedJwt> {
-        let (sid, own, _) = self.parse_and_authorize(caller, id).await?;
+        let (sid, own, _, session) = self.parse_and_authorize(caller, id).await?;
         if !own {
             return Err(ApiError::forbidden(
                 "only the session's principal can fetch its credentials",
             ));
         }
-        let v = self
-            .store
-            .session(&sid)
-            .await?
-            .ok_or_else(|| ApiError::not_found("session"))?;
-        let target = self.target_doc(&v.session.target).await.map_err(|_| {
+        let target = self.target_doc(&session.target).await.map_err(|_| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "session_not_active",

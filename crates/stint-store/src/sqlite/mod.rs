@@ -23,7 +23,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    anchor: Option<std::sync::Arc<Anchor>>,
+    writes: tokio::sync::mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
 }
 
 /// The chain's head (seq and hash) kept in a file beside the database, rewritten after every commit
@@ -87,37 +93,42 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
-        let mut store = Self::connect(opts).await?;
         let path = path.with_extension("head");
         let seq = Anchor::read(&path).map_or(0, |(seq, _)| seq);
-        store.anchor = Some(std::sync::Arc::new(Anchor {
+        let anchor = std::sync::Arc::new(Anchor {
             path,
             head: std::sync::Mutex::new(seq),
-        }));
-        Ok(store)
+        });
+        Self::connect(opts, 4, Some(anchor)).await
     }
 
     /// Opens an in-memory database (tests).
     pub async fn in_memory() -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(backend)?;
         // One connection: every connection to `:memory:` is its own database.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await
-            .map_err(backend)?;
-        MIGRATOR.run(&pool).await.map_err(backend)?;
-        Ok(Self { pool, anchor: None })
+        Self::connect(opts, 1, None).await
     }
 
-    async fn connect(opts: SqliteConnectOptions) -> StoreResult<Self> {
+    async fn connect(
+        opts: SqliteConnectOptions,
+        connections: u32,
+        anchor: Option<std::sync::Arc<Anchor>>,
+    ) -> StoreResult<Self> {
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .connect_with(opts)
             .await
             .map_err(backend)?;
         MIGRATOR.run(&pool).await.map_err(backend)?;
-        Ok(Self { pool, anchor: None })
+        let (writes, rx) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(writer(pool.clone(), anchor, rx));
+        Ok(Self { pool, writes })
+    }
+
+    fn anchor_path(&self) -> Option<std::path::PathBuf> {
+        let opts = self.pool.connect_options();
+        let file = opts.get_filename();
+        (file.as_os_str() != ":memory:" && !file.as_os_str().is_empty()).then(|| file.with_extension("head"))
     }
 
     /// Closes the pool, checkpointing the WAL.
@@ -276,65 +287,153 @@ async fn write_session(tx: &mut sqlx::SqliteConnection, w: &SessionWrite) -> Sto
     Ok(())
 }
 
+/// Writes one batch inside an open transaction, appending its audit events after `head`; returns the
+/// sealed records.
+async fn write_batch(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &Batch,
+    head: &(i64, String),
+) -> StoreResult<Vec<AuditRecord>> {
+    for p in &batch.principals {
+        match p {
+            PrincipalWrite::Insert(p) => write_principal(conn, p, true).await?,
+            PrincipalWrite::Update(p) => write_principal(conn, p, false).await?,
+        }
+    }
+    for t in &batch.targets {
+        write_target(conn, t).await?;
+    }
+    for s in &batch.sessions {
+        write_session(conn, s).await?;
+    }
+    let (mut seq, mut prev) = head.clone();
+    let mut sealed = Vec::with_capacity(batch.audit.len());
+    for ev in &batch.audit {
+        seq += 1;
+        let rec = ev.seal(seq, &prev);
+        sqlx::query(
+            "INSERT INTO audit (seq, at, actor, action, session, details, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(rec.seq)
+        .bind(&rec.at)
+        .bind(&rec.actor)
+        .bind(&rec.action)
+        .bind(&rec.session)
+        .bind(&rec.details)
+        .bind(&rec.prev_hash)
+        .bind(&rec.hash)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+        prev = rec.hash.clone();
+        sealed.push(rec);
+    }
+    Ok(sealed)
+}
+
+/// One caller's batch waiting for the writer.
+struct Pending {
+    batch: Batch,
+    reply: tokio::sync::oneshot::Sender<StoreResult<Vec<AuditRecord>>>,
+}
+
+/// Most batches one transaction carries.
+const MAX_GROUP: usize = 64;
+
+/// The single writer: takes every batch waiting, writes each under its own savepoint (so one
+/// batch's conflict rolls back only that batch) and commits the group with one fsync. A caller is
+/// answered only after the group's commit: an acknowledged change is durable.
+async fn writer(
+    pool: SqlitePool,
+    anchor: Option<std::sync::Arc<Anchor>>,
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let results = write_group(&pool, &group).await;
+        let last = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().and_then(|v| v.last()))
+            .max_by_key(|r| r.seq)
+            .map(|r| (r.seq, r.hash.clone()));
+        if let (Some(a), Some((seq, hash))) = (&anchor, last) {
+            a.advance(seq, &hash);
+        }
+        for (p, r) in group.into_iter().zip(results) {
+            let _ = p.reply.send(r);
+        }
+    }
+}
+
+async fn write_group(pool: &SqlitePool, group: &[Pending]) -> Vec<StoreResult<Vec<AuditRecord>>> {
+    let fail_all = |e: &dyn std::fmt::Display| group.iter().map(|_| Err(backend(e))).collect();
+    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(&e),
+    };
+    let head = match sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await
+    {
+        Ok(Some(r)) => match (r.try_get::<i64, _>("seq"), r.try_get::<String, _>("hash")) {
+            (Ok(seq), Ok(hash)) => (seq, hash),
+            _ => return fail_all(&"unreadable audit head"),
+        },
+        Ok(None) => (0, GENESIS_HASH.to_owned()),
+        Err(e) => return fail_all(&e),
+    };
+    let mut head = head;
+    let mut results = Vec::with_capacity(group.len());
+    for p in group {
+        let mut sp = match sqlx::Connection::begin(&mut *tx).await {
+            Ok(sp) => sp,
+            Err(e) => return fail_all(&e),
+        };
+        match write_batch(&mut sp, &p.batch, &head).await {
+            Ok(records) => {
+                if let Err(e) = sp.commit().await {
+                    return fail_all(&e);
+                }
+                if let Some(last) = records.last() {
+                    head = (last.seq, last.hash.clone());
+                }
+                results.push(Ok(records));
+            }
+            Err(e) => {
+                if let Err(e) = sp.rollback().await {
+                    return fail_all(&e);
+                }
+                results.push(Err(e));
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(e) => fail_all(&e),
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: Batch) -> StoreResult<Vec<AuditRecord>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        for p in &batch.principals {
-            match p {
-                PrincipalWrite::Insert(p) => write_principal(&mut tx, p, true).await?,
-                PrincipalWrite::Update(p) => write_principal(&mut tx, p, false).await?,
-            }
-        }
-        for t in &batch.targets {
-            write_target(&mut tx, t).await?;
-        }
-        for s in &batch.sessions {
-            write_session(&mut tx, s).await?;
-        }
-        let mut sealed = Vec::with_capacity(batch.audit.len());
-        if !batch.audit.is_empty() {
-            let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let (mut seq, mut prev) = match head {
-                Some(r) => (
-                    r.try_get::<i64, _>("seq").map_err(backend)?,
-                    r.try_get::<String, _>("hash").map_err(backend)?,
-                ),
-                None => (0, GENESIS_HASH.to_owned()),
-            };
-            for ev in &batch.audit {
-                seq += 1;
-                let rec = ev.seal(seq, &prev);
-                sqlx::query(
-                    "INSERT INTO audit (seq, at, actor, action, session, details, prev_hash, hash) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .bind(rec.seq)
-                .bind(&rec.at)
-                .bind(&rec.actor)
-                .bind(&rec.action)
-                .bind(&rec.session)
-                .bind(&rec.details)
-                .bind(&rec.prev_hash)
-                .bind(&rec.hash)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-                prev = rec.hash.clone();
-                sealed.push(rec);
-            }
-        }
-        tx.commit().await.map_err(backend)?;
-        if let (Some(a), Some(last)) = (&self.anchor, sealed.last()) {
-            a.advance(last.seq, &last.hash);
-        }
-        Ok(sealed)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(Pending { batch, reply })
+            .await
+            .map_err(|_| StoreError::Backend("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store writer stopped".into()))?
     }
 
     async fn principal(&self, id: &str) -> StoreResult<Option<PrincipalRecord>> {
@@ -465,7 +564,7 @@ impl Store for SqliteStore {
     async fn verify_audit(&self) -> StoreResult<ChainVerification> {
         // Read in pages so a long chain never sits in memory at once. Rows are read by position;
         // a row whose columns no longer decode is reported at the position it should hold.
-        let anchor = self.anchor.as_ref().and_then(|a| Anchor::read(&a.path));
+        let anchor = self.anchor_path().and_then(|p| Anchor::read(&p));
         let mut at_anchor: Option<String> = None;
         let mut v = Verifier::new();
         let mut after = 0i64;

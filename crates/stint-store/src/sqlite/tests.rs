@@ -164,3 +164,47 @@ async fn events_cut_from_the_end_of_the_chain_are_found() {
     assert!(!v.ok);
     assert_eq!(v.first_bad_seq, Some(3));
 }
+
+#[tokio::test]
+async fn concurrent_commits_share_transactions_and_a_failing_batch_rolls_back_alone() {
+    let (_d, st) = store().await;
+    let mut tasks = Vec::new();
+    for n in 0..60u128 {
+        let st = st.clone();
+        // Every 20th batch reuses a name and must fail without taking its group down.
+        let name = if n % 20 == 19 {
+            "dup".to_owned()
+        } else {
+            format!("p{n}")
+        };
+        tasks.push(tokio::spawn(async move {
+            st.commit(Batch {
+                principals: vec![PrincipalWrite::Insert(principal(n + 1, &name))],
+                audit: vec![event("principal.created"), event("principal.created")],
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    let mut dup = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(recs) => {
+                ok += 1;
+                assert_eq!(recs.len(), 2);
+                assert_eq!(recs[1].seq, recs[0].seq + 1);
+            }
+            Err(StoreError::Duplicate(n)) => {
+                assert_eq!(n, "dup");
+                dup += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, dup), (58, 2));
+    let v = st.verify_audit().await.unwrap();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.events, 116);
+    assert_eq!(st.principals(None, 1000).await.unwrap().len(), 58);
+}
