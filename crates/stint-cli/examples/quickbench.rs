@@ -8,7 +8,8 @@
 //! each `BENCH_SECONDS` long at `BENCH_CONCURRENCY`):
 //! - issue: stint = request a session (no approval needed) + fetch its JWT; OpenBao = create an orphan
 //!   token with a 5 min TTL;
-//! - check: stint = RFC 7662 introspection; OpenBao = token lookup;
+//! - 1st use: every issued token checked once (for stint, each is a credential's first use, audited
+//!   at once), then check: stint = RFC 7662 introspection; OpenBao = token lookup;
 //! - revoke: stint = end the session; OpenBao = revoke the token;
 //! - stint only: 200 sessions with a 2 s TTL; are their tokens dead after the deadline, and the
 //!   server-side revocation lag from `/metrics`.
@@ -268,6 +269,25 @@ async fn main() -> Res<()> {
     report(name, "issue", n, s, conc, lat);
 
     let issued: Arc<Vec<Issued>> = Arc::new(issued.lock().map_err(|_| "poisoned")?.clone());
+    // Every token once: for stint each is a credential's first use, which is audited at once (a
+    // durable write); afterwards uses are counted in memory and written in aggregate.
+    let next = Arc::new(AtomicUsize::new(0));
+    let (b, list) = (bench.clone(), issued.clone());
+    let (n, s, lat) = phase(conc, secs * 6, move |_| {
+        let (b, list, next) = (b.clone(), list.clone(), next.clone());
+        async move {
+            let Some(i) = list.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                return Ok(false);
+            };
+            if !b.check(&i.token).await? {
+                return Err("a live token was answered inactive".into());
+            }
+            Ok(true)
+        }
+    })
+    .await?;
+    report(name, "1st use", n, s, conc, lat);
+
     let (b, list) = (bench.clone(), issued.clone());
     let (n, s, lat) = phase(conc, secs, move |i| {
         let (b, list) = (b.clone(), list.clone());
