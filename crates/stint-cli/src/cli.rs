@@ -302,13 +302,28 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+/// Prints a list answer (`{"items": [...]}`) as JSON or as a table of the given `(header, field)`
+/// columns; a field may be a function of the item for computed columns.
+/// A table column: its header and how to show an item in it.
+type Column<'a> = (&'a str, &'a dyn Fn(&Value) -> String);
+
+fn print_list(v: &Value, as_json: bool, columns: &[Column<'_>]) {
+    if as_json {
+        print_json(v);
+        return;
+    }
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(headers.to_vec());
-    for r in rows {
-        t.add_row(r);
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(columns.iter().map(|(h, _)| *h).collect::<Vec<_>>());
+    for item in v["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        t.add_row(columns.iter().map(|(_, f)| f(item)).collect::<Vec<_>>());
     }
     println!("{t}");
+}
+
+/// A column showing one field.
+fn field(name: &'static str) -> impl Fn(&Value) -> String {
+    move |v| s(&v[name])
 }
 
 fn print_session(v: &Value, as_json: bool) {
@@ -369,33 +384,31 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 PrincipalCmd::List => {
                     let v = c.get("/v1/principals?limit=1000").await?;
-                    if cli.json {
-                        print_json(&v);
-                    } else {
-                        let rows = v["items"]
+                    let groups = |p: &Value| {
+                        p["groups"]
                             .as_array()
-                            .cloned()
+                            .map(|g| g.iter().map(s).collect::<Vec<_>>().join(","))
                             .unwrap_or_default()
-                            .iter()
-                            .map(|p| {
-                                vec![
-                                    s(&p["id"]),
-                                    s(&p["name"]),
-                                    s(&p["kind"]),
-                                    p["groups"]
-                                        .as_array()
-                                        .map(|g| g.iter().map(s).collect::<Vec<_>>().join(","))
-                                        .unwrap_or_default(),
-                                    if p["deleted_at"].is_null() {
-                                        "active".into()
-                                    } else {
-                                        "offboarded".into()
-                                    },
-                                ]
-                            })
-                            .collect();
-                        table(&["id", "name", "kind", "groups", "status"], rows);
-                    }
+                    };
+                    let status = |p: &Value| {
+                        if p["deleted_at"].is_null() {
+                            "active"
+                        } else {
+                            "offboarded"
+                        }
+                        .to_owned()
+                    };
+                    print_list(
+                        &v,
+                        cli.json,
+                        &[
+                            ("id", &field("id")),
+                            ("name", &field("name")),
+                            ("kind", &field("kind")),
+                            ("groups", &groups),
+                            ("status", &status),
+                        ],
+                    );
                 }
                 PrincipalCmd::Delete { id } => {
                     let v = c.delete(&format!("/v1/principals/{id}")).await?;
@@ -450,26 +463,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 TargetCmd::List => {
                     let v = c.get("/v1/targets?limit=1000").await?;
-                    if cli.json {
-                        print_json(&v);
-                    } else {
-                        let rows = v["items"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|t| {
-                                vec![
-                                    s(&t["name"]),
-                                    s(&t["kind"]),
-                                    s(&t["max_ttl_s"]),
-                                    s(&t["token_ttl_s"]),
-                                    s(&t["approvals_required"]),
-                                ]
-                            })
-                            .collect();
-                        table(&["name", "kind", "max_ttl_s", "token_ttl_s", "approvals"], rows);
-                    }
+                    print_list(
+                        &v,
+                        cli.json,
+                        &[
+                            ("name", &field("name")),
+                            ("kind", &field("kind")),
+                            ("max_ttl_s", &field("max_ttl_s")),
+                            ("token_ttl_s", &field("token_ttl_s")),
+                            ("approvals", &field("approvals_required")),
+                        ],
+                    );
                 }
             }
         }
@@ -507,39 +511,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 q.push(format!("target={t}"));
             }
             let v = client()?.get(&format!("/v1/sessions?{}", q.join("&"))).await?;
-            if cli.json {
-                print_json(&v);
-            } else {
-                let rows = v["items"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|x| {
-                        vec![
-                            s(&x["id"]),
-                            s(&x["state"]),
-                            s(&x["target"]),
-                            s(&x["principal"]),
-                            s(&x["expires_at"]),
-                            s(&x["end_reason"]),
-                            s(&x["reason"]),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "id",
-                        "state",
-                        "target",
-                        "principal",
-                        "expires_at",
-                        "end_reason",
-                        "reason",
-                    ],
-                    rows,
-                );
-            }
+            print_list(
+                &v,
+                cli.json,
+                &[
+                    ("id", &field("id")),
+                    ("state", &field("state")),
+                    ("target", &field("target")),
+                    ("principal", &field("principal")),
+                    ("expires_at", &field("expires_at")),
+                    ("end_reason", &field("end_reason")),
+                    ("reason", &field("reason")),
+                ],
+            );
         }
         Command::Show { id } => {
             let v = client()?.get(&format!("/v1/sessions/{id}")).await?;

@@ -586,11 +586,9 @@ impl Service {
         Ok(self.store.principals(after, limit).await?)
     }
 
-    /// Replaces a principal's API key; the old key stops working at once.
-    pub async fn rotate_key(&self, caller: &Caller, id: &str) -> ApiResult<String> {
-        require_admin(caller)?;
-        let _gate = self.admin_gate.write().await;
-        let mut p = self
+    /// A principal that exists (404 otherwise) and is not offboarded (409 otherwise).
+    async fn live_principal(&self, id: &str) -> ApiResult<PrincipalRecord> {
+        let p = self
             .store
             .principal(id)
             .await?
@@ -602,6 +600,14 @@ impl Service {
                 "principal is offboarded",
             ));
         }
+        Ok(p)
+    }
+
+    /// Replaces a principal's API key; the old key stops working at once.
+    pub async fn rotate_key(&self, caller: &Caller, id: &str) -> ApiResult<String> {
+        require_admin(caller)?;
+        let _gate = self.admin_gate.write().await;
+        let mut p = self.live_principal(id).await?;
         let key = new_api_key().map_err(|_| ApiError::internal())?;
         p.key_hash = Some(key_hash(&key));
         let now = self.clock.now();
@@ -634,18 +640,7 @@ impl Service {
                 "an admin cannot offboard itself",
             ));
         }
-        let mut p = self
-            .store
-            .principal(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("principal"))?;
-        if p.deleted_at.is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "principal_offboarded",
-                "principal is already offboarded",
-            ));
-        }
+        let mut p = self.live_principal(id).await?;
         let now = self.clock.now();
         p.key_hash = None;
         p.deleted_at = Some(now);
