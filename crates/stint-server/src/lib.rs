@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use stint_core::SystemClock;
 use stint_store::SqliteStore;
 
@@ -127,15 +128,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 async fn scheduler_loop(svc: Arc<Service>) {
     loop {
         let due = svc.scheduler.next_due(&*svc.clock).await;
-        for (id, _) in due {
-            if let Err(e) = svc.tick(&id).await
-                && e.status.is_server_error()
-            {
-                tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
-                svc.scheduler
-                    .set(&id, Some(svc.clock.now() + time::Duration::seconds(1)));
-            }
-        }
+        // Due sessions are judged many at a time so a mass expiry shares commits (group commit).
+        futures_util::stream::iter(due)
+            .for_each_concurrent(service::RECOVERY_CONCURRENCY, |(id, _)| {
+                let svc = svc.clone();
+                async move {
+                    if let Err(e) = svc.tick(&id).await
+                        && e.status.is_server_error()
+                    {
+                        tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
+                        svc.scheduler
+                            .set(&id, Some(svc.clock.now() + time::Duration::seconds(1)));
+                    }
+                }
+            })
+            .await;
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::StatusCode;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -31,6 +32,9 @@ use crate::scheduler::Scheduler;
 
 /// Lock stripes serializing changes to one session on this node.
 const STRIPES: usize = 256;
+
+/// How many sessions start-up recovery and the timers judge at once.
+pub const RECOVERY_CONCURRENCY: usize = 64;
 
 /// Longest accepted free-text field.
 pub const MAX_TEXT: usize = 1000;
@@ -257,19 +261,29 @@ impl Service {
             metrics::gauge!(m::AUDIT_CHAIN_OK).set(1.0);
         }
         let live = self.store.live_sessions().await?;
+        // Many at a time, so overdue sessions share commits (group commit) and readiness comes soon.
+        let outcomes: Vec<anyhow::Result<(bool, bool)>> = futures_util::stream::iter(live)
+            .map(|v| async move {
+                let _g = self.lock(&v.session.id).await;
+                let now = self.clock.now();
+                let (s, fx) = v.session.apply(Event::Tick { activity: None }, now)?;
+                let s = self.finish(&v.session, v.version, s, fx, now).await?;
+                if s.state == State::Active {
+                    self.rebuild_tokens(&s, now).await?;
+                }
+                Ok((
+                    s.state == State::Active,
+                    v.session.state == State::Active && s.state != State::Active,
+                ))
+            })
+            .buffer_unordered(RECOVERY_CONCURRENCY)
+            .collect()
+            .await;
         let (mut ended, mut kept) = (0usize, 0usize);
-        for v in live {
-            let id = v.session.id.clone();
-            let _g = self.lock(&id).await;
-            let now = self.clock.now();
-            let (s, fx) = v.session.apply(Event::Tick { activity: None }, now)?;
-            let s = self.finish(&v.session, v.version, s, fx, now).await?;
-            if s.state == State::Active {
-                self.rebuild_tokens(&s, now).await?;
-                kept += 1;
-            } else if v.session.state == State::Active {
-                ended += 1;
-            }
+        for o in outcomes {
+            let (active, ended_now) = o?;
+            kept += usize::from(active);
+            ended += usize::from(ended_now);
         }
         self.ready.store(true, Ordering::Release);
         tracing::info!(ended_while_down = ended, active = kept, "recovery finished");
