@@ -88,6 +88,7 @@ impl PrincipalKind {
 #[serde(deny_unknown_fields)]
 pub struct CreatePrincipal {
     /// Unique name: 1–64 of `a-z A-Z 0-9 . _ -`.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]+$")]
     pub name: String,
     /// Kind.
     pub kind: PrincipalKind,
@@ -149,12 +150,15 @@ pub enum TargetKind {
 #[serde(deny_unknown_fields)]
 pub struct CreateTarget {
     /// Unique name: 1–64 of `a-z A-Z 0-9 . _ -`.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]+$")]
     pub name: String,
     /// Kind.
     pub kind: TargetKind,
     /// Longest session.
+    #[schema(minimum = 1, maximum = 316224000)]
     pub max_ttl_s: u64,
     /// Longest life of one credential (default 300, at most `max_ttl_s`).
+    #[schema(minimum = 1, maximum = 316224000)]
     #[serde(default)]
     pub token_ttl_s: Option<u64>,
     /// Groups whose members may request.
@@ -178,7 +182,7 @@ pub struct CreateTarget {
     pub require_binding: Option<BindingKind>,
     /// Kind-specific settings; for `jwt`: `{"audience"?}`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub config: Option<serde_json::Value>,
 }
 
@@ -219,10 +223,13 @@ pub struct Target {
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// Target name.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]+$")]
     pub target: String,
     /// Why (1–1000 characters).
+    #[schema(min_length = 1, max_length = 1000, pattern = r"\S")]
     pub reason: String,
     /// Lifetime once active, at most the target's `max_ttl_s`.
+    #[schema(minimum = 1, maximum = 316224000)]
     pub ttl_s: u64,
     /// The activity the session is tied to.
     #[serde(default)]
@@ -233,9 +240,11 @@ pub struct CreateSession {
     pub not_before: Option<OffsetDateTime>,
     /// Ends the session after this long without heartbeat or use.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 316224000)]
     pub idle_timeout_s: Option<u64>,
     /// Ends the session after this many uses.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_uses: Option<u64>,
     /// Break-glass (needs a policy; refused until policies exist).
     #[serde(default)]
@@ -410,6 +419,7 @@ pub struct ApproveRequest {
 #[serde(deny_unknown_fields)]
 pub struct DenyRequest {
     /// Why (1–1000 characters).
+    #[schema(min_length = 1, max_length = 1000, pattern = r"\S")]
     pub reason: String,
 }
 

@@ -100,8 +100,10 @@ async fn method_not_allowed() -> ApiError {
 /// List query parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -110,8 +112,10 @@ pub struct ListQuery {
 /// Session list query parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SessionQuery {
     /// Page size (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -126,10 +130,12 @@ pub struct SessionQuery {
 /// Audit query parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Events after this seq (default 0).
     after_seq: Option<i64>,
     /// Page size (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -641,11 +647,122 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Applies the conventions every route shares, so each handler's annotation lists only its own
+/// answers: path parameters are declared, error bodies are `application/problem+json` (OAuth errors
+/// stay `application/json`), and the errors any route can give are listed: 401 on authenticated
+/// routes, 400/413/415/422 where a body is read, 404 where an id is in the path, 503 before the
+/// server is ready.
+#[derive(Debug)]
+struct Conventions;
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        let problem = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let names: Vec<String> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .map(str::to_owned)
+                .collect();
+            let oauth = path.starts_with("/oauth2/");
+            let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+            let ops = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for op in ops.into_iter().flatten() {
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                for name in &names {
+                    let declared = params.iter().any(|p| {
+                        matches!(p, utoipa::openapi::RefOr::T(p) if &p.name == name && p.parameter_in == ParameterIn::Path)
+                    });
+                    if !declared {
+                        params.push(utoipa::openapi::RefOr::T(
+                            ParameterBuilder::new()
+                                .name(name)
+                                .parameter_in(ParameterIn::Path)
+                                .required(Required::True)
+                                .description(Some("an id (`ses_…`, `prn_…`) or a target name"))
+                                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                                .build(),
+                        ));
+                    }
+                }
+                let has_query = op.parameters.as_ref().is_some_and(|ps| {
+                    ps.iter().any(
+                        |p| matches!(p, utoipa::openapi::RefOr::T(p) if p.parameter_in == ParameterIn::Query),
+                    )
+                });
+                let responses = &mut op.responses.responses;
+                if !oauth {
+                    for (status, r) in responses.iter_mut() {
+                        if let (true, utoipa::openapi::RefOr::T(r)) = (status.as_str() >= "400", r)
+                            && let Some(c) = r.content.shift_remove("application/json")
+                        {
+                            r.content.insert("application/problem+json".to_owned(), c);
+                        }
+                    }
+                }
+                let mut add = |status: &str, what: &str| {
+                    if !oauth {
+                        responses
+                            .entry(status.to_owned())
+                            .or_insert_with(|| problem(what).into());
+                    }
+                };
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add("401", "no or unknown API key (`unauthenticated`)");
+                }
+                if op.request_body.is_some() {
+                    add("400", "the body is not JSON (`malformed_json`)");
+                    add("413", "the body is too large (`payload_too_large`)");
+                    add(
+                        "415",
+                        "the body is not `application/json` (`unsupported_media_type`)",
+                    );
+                    add("422", "the body does not fit (`invalid_request`)");
+                }
+                if has_query {
+                    add(
+                        "422",
+                        "a query parameter is unknown or out of range (`invalid_request`)",
+                    );
+                }
+                if !names.is_empty() {
+                    add(
+                        "404",
+                        "no such object, or one the caller may not see (`not_found`)",
+                    );
+                }
+                if !open {
+                    add("503", "start-up recovery is still running (`not_ready`)");
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI document, generated from the handlers.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "stint", description = "Session-bound access broker for non-human identities"),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Conventions),
     paths(
         healthz, readyz, metrics_text, openapi, jwks, as_metadata,
         create_principal, list_principals, get_principal, delete_principal, rotate_key,

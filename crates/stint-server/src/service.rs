@@ -55,8 +55,10 @@ pub fn audience(t: &TargetDoc) -> String {
 #[serde(deny_unknown_fields)]
 pub struct PatchTarget {
     /// New cap on session length (live sessions keep their deadline unless it is later than allowed).
+    #[schema(minimum = 1, maximum = 316224000)]
     pub max_ttl_s: Option<u64>,
     /// New cap on credential length.
+    #[schema(minimum = 1, maximum = 316224000)]
     pub token_ttl_s: Option<u64>,
     /// New requester groups.
     pub requester_groups: Option<Vec<String>>,
@@ -933,6 +935,9 @@ impl Service {
             doc.max_ttl_s = m;
         }
         if let Some(t) = p.token_ttl_s {
+            if t == 0 || t > stint_core::session::MAX_DURATION_S {
+                return Err(ApiError::invalid("`token_ttl_s` out of range"));
+            }
             doc.token_ttl_s = t;
         }
         doc.token_ttl_s = doc.token_ttl_s.min(doc.max_ttl_s);
