@@ -205,9 +205,9 @@ enum AuditCmd {
     },
 }
 
-/// What a session request needs.
+/// What every session request names.
 #[derive(Debug, Args)]
-pub struct RequestArgs {
+pub struct SessionArgs {
     /// Target name.
     #[arg(long)]
     pub target: String,
@@ -217,9 +217,16 @@ pub struct RequestArgs {
     /// Why.
     #[arg(long)]
     pub reason: String,
-    /// Binding as KIND:REF, e.g. ticket:OT-4711.
+    /// Binding as KIND:REF, e.g. ticket:OT-4711 (`stint exec` defaults to process:pid-<pid>@<host>).
     #[arg(long)]
     pub binding: Option<String>,
+}
+
+/// `stint request`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// End after this long without heartbeat or use, e.g. 5m.
     #[arg(long)]
     pub idle: Option<String>,
@@ -234,18 +241,8 @@ pub struct RequestArgs {
 /// `stint exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Target name.
-    #[arg(long)]
-    pub target: String,
-    /// Lifetime, e.g. 15m.
-    #[arg(long)]
-    pub ttl: String,
-    /// Why.
-    #[arg(long)]
-    pub reason: String,
-    /// Binding as KIND:REF (default: process:<pid>@<host>).
-    #[arg(long)]
-    pub binding: Option<String>,
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// Idle timeout; stint heartbeats at a third of it while the command runs.
     #[arg(long, default_value = "60s")]
     pub idle: String,
@@ -259,20 +256,18 @@ pub struct ExecArgs {
 
 /// Builds the JSON body of a session request.
 pub fn request_body(
-    target: &str,
-    ttl: &str,
-    reason: &str,
+    session: &SessionArgs,
     binding: Option<&str>,
     idle: Option<&str>,
     max_uses: Option<u64>,
     not_before: Option<&str>,
 ) -> anyhow::Result<Value> {
     let mut body = json!({
-        "target": target,
-        "ttl_s": parse_duration(ttl).context("--ttl")?,
-        "reason": reason,
+        "target": session.target,
+        "ttl_s": parse_duration(&session.ttl).context("--ttl")?,
+        "reason": session.reason,
     });
-    if let Some(b) = binding {
+    if let Some(b) = binding.or(session.binding.as_deref()) {
         let (kind, r) = b
             .split_once(':')
             .context("--binding must be KIND:REF, e.g. ticket:OT-4711")?;
@@ -479,10 +474,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Request(r) => {
             let body = request_body(
-                &r.target,
-                &r.ttl,
-                &r.reason,
-                r.binding.as_deref(),
+                &r.session,
+                None,
                 r.idle.as_deref(),
                 r.max_uses,
                 r.not_before.as_deref(),

@@ -134,6 +134,7 @@ fn token_dir(id: &str) -> anyhow::Result<PathBuf> {
 /// Runs `stint exec`.
 pub async fn run(c: Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
     let binding = a
+        .session
         .binding
         .clone()
         .unwrap_or_else(|| format!("process:pid-{}@{}", std::process::id(), hostname()));
@@ -144,15 +145,7 @@ pub async fn run(c: Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
         .map(parse_duration)
         .transpose()
         .context("--wait")?;
-    let body = request_body(
-        &a.target,
-        &a.ttl,
-        &a.reason,
-        Some(&binding),
-        Some(&idle_s.to_string()),
-        None,
-        None,
-    )?;
+    let body = request_body(&a.session, Some(&binding), Some(&idle_s.to_string()), None, None)?;
     let session = c.post("/v1/sessions", body).await?;
     let id = session["id"]
         .as_str()

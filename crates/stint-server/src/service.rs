@@ -306,29 +306,14 @@ impl Service {
             ),
             None => new_api_key()?,
         };
-        let now = self.clock.now();
-        let p = PrincipalRecord {
-            id: PrincipalId::from_u128(new_u128()).to_string(),
-            name: "admin".into(),
-            kind: PrincipalKind::Admin.as_str().into(),
-            groups: vec!["admins".into()],
-            key_hash: Some(key_hash(&key)),
-            created_at: now,
-            deleted_at: None,
-        };
-        self.store
-            .commit(Batch {
-                audit: vec![PendingAudit {
-                    at: now,
-                    actor: "system".into(),
-                    action: "principal.created".into(),
-                    session: None,
-                    details: json!({"principal": p.id, "name": "admin", "kind": "admin", "bootstrap": true}),
-                }],
-                principals: vec![PrincipalWrite::Insert(p)],
-                ..Default::default()
-            })
-            .await?;
+        self.insert_principal(
+            "system",
+            "admin",
+            PrincipalKind::Admin,
+            vec!["admins".into()],
+            &key,
+        )
+        .await?;
         Ok(generated.then_some(key))
     }
 
@@ -553,31 +538,42 @@ impl Service {
             tracing::error!(error = %e, "key generation failed");
             ApiError::internal()
         })?;
+        let p = self
+            .insert_principal(&caller.id, &req.name, req.kind, req.groups, &key)
+            .await?;
+        Ok((p, key))
+    }
+
+    /// Creates a principal holding `key` (stored only as its hash), with its audit event, and makes
+    /// the key work at once.
+    async fn insert_principal(
+        &self,
+        actor: &str,
+        name: &str,
+        kind: PrincipalKind,
+        groups: Vec<String>,
+        key: &str,
+    ) -> ApiResult<PrincipalRecord> {
         let now = self.clock.now();
         let p = PrincipalRecord {
             id: PrincipalId::from_u128(new_u128()).to_string(),
-            name: req.name,
-            kind: req.kind.as_str().into(),
-            groups: req.groups,
-            key_hash: Some(key_hash(&key)),
+            name: name.to_owned(),
+            kind: kind.as_str().into(),
+            groups,
+            key_hash: Some(key_hash(key)),
             created_at: now,
             deleted_at: None,
         };
+        let details = json!({"principal": p.id, "name": p.name, "kind": p.kind, "groups": p.groups});
         self.store
             .commit(Batch {
-                audit: vec![PendingAudit {
-                    at: now,
-                    actor: caller.id.clone(),
-                    action: "principal.created".into(),
-                    session: None,
-                    details: json!({"principal": p.id, "name": p.name, "kind": p.kind, "groups": p.groups}),
-                }],
+                audit: vec![event(now, actor, "principal.created", details)],
                 principals: vec![PrincipalWrite::Insert(p.clone())],
                 ..Default::default()
             })
             .await?;
         self.directory.upsert(p.clone());
-        Ok((p, key))
+        Ok(p)
     }
 
     /// A principal visible to the caller (admins: all; others: themselves).
@@ -629,13 +625,12 @@ impl Service {
         let now = self.clock.now();
         self.store
             .commit(Batch {
-                audit: vec![PendingAudit {
-                    at: now,
-                    actor: caller.id.clone(),
-                    action: "principal.key_rotated".into(),
-                    session: None,
-                    details: json!({"principal": p.id}),
-                }],
+                audit: vec![event(
+                    now,
+                    &caller.id,
+                    "principal.key_rotated",
+                    json!({"principal": p.id}),
+                )],
                 principals: vec![PrincipalWrite::Update(p.clone())],
                 ..Default::default()
             })
@@ -670,13 +665,12 @@ impl Service {
             .await?;
         let extra = Batch {
             principals: vec![PrincipalWrite::Update(p.clone())],
-            audit: vec![PendingAudit {
-                at: now,
-                actor: caller.id.clone(),
-                action: "principal.offboarded".into(),
-                session: None,
-                details: json!({"principal": p.id, "name": p.name, "sessions": sessions.len()}),
-            }],
+            audit: vec![event(
+                now,
+                &caller.id,
+                "principal.offboarded",
+                json!({"principal": p.id, "name": p.name, "sessions": sessions.len()}),
+            )],
             ..Default::default()
         };
         self.end_all(
@@ -874,13 +868,12 @@ impl Service {
                     doc: text,
                     created_at: now,
                 })],
-                audit: vec![PendingAudit {
-                    at: now,
-                    actor: caller.id.clone(),
-                    action: "target.created".into(),
-                    session: None,
-                    details: serde_json::to_value(&doc).unwrap_or_default(),
-                }],
+                audit: vec![event(
+                    now,
+                    &caller.id,
+                    "target.created",
+                    serde_json::to_value(&doc).unwrap_or_default(),
+                )],
                 ..Default::default()
             })
             .await?;
@@ -958,13 +951,12 @@ impl Service {
                 doc: text,
                 created_at: doc.created_at,
             })],
-            audit: vec![PendingAudit {
-                at: now,
-                actor: caller.id.clone(),
-                action: "target.changed".into(),
-                session: None,
-                details: json!({"target": doc.name, "change": p}),
-            }],
+            audit: vec![event(
+                now,
+                &caller.id,
+                "target.changed",
+                json!({"target": doc.name, "change": p}),
+            )],
             ..Default::default()
         };
         // Shrunk limits apply to open sessions at once (in the same transaction); nothing grows.
@@ -1000,13 +992,12 @@ impl Service {
         let by = Actor::Principal(PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?);
         let extra = Batch {
             targets: vec![TargetWrite::Delete(name.to_owned())],
-            audit: vec![PendingAudit {
-                at: now,
-                actor: caller.id.clone(),
-                action: "target.deleted".into(),
-                session: None,
-                details: json!({"target": name, "sessions": ids.len()}),
-            }],
+            audit: vec![event(
+                now,
+                &caller.id,
+                "target.deleted",
+                json!({"target": name, "sessions": ids.len()}),
+            )],
             ..Default::default()
         };
         self.end_all(ids, by, EndReason::Revoked, extra).await?;
@@ -1561,13 +1552,7 @@ impl Service {
         })?;
         self.store
             .commit(Batch {
-                audit: vec![PendingAudit {
-                    at: now,
-                    actor: caller.id.clone(),
-                    action: "key.rotated".into(),
-                    session: None,
-                    details: json!({"kid": kid, "previous": old, "previous_published_until": stint_core::audit::format_time(until)}),
-                }],
+                audit: vec![event(now, &caller.id, "key.rotated", json!({"kid": kid, "previous": old, "previous_published_until": stint_core::audit::format_time(until)}))],
                 ..Default::default()
             })
             .await?;
@@ -1579,6 +1564,17 @@ impl Service {
             .filter_map(|k| k.common.key_id.clone())
             .collect();
         Ok((kid, published))
+    }
+}
+
+/// An audit event that concerns no session (principals, targets, keys).
+fn event(at: OffsetDateTime, actor: &str, action: &str, details: serde_json::Value) -> PendingAudit {
+    PendingAudit {
+        at,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        session: None,
+        details,
     }
 }
 

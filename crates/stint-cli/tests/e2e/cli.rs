@@ -29,6 +29,27 @@ fn ok_json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
+/// Starts `stint exec` on target `api` as `ci`; `own_group` gives it a process group of its own, as a
+/// terminal would, so a Ctrl-C sent to the group reaches stint and the child.
+fn spawn_exec(w: &World, reason: &str, command: &[&str], own_group: bool) -> std::process::Child {
+    let mut cmd = if own_group {
+        let mut c = Command::new("setsid");
+        c.arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    cmd.args([
+        "exec", "--target", "api", "--ttl", "10m", "--reason", reason, "--",
+    ])
+    .args(command)
+    .env("STINT_ADDR", &w.server.addr)
+    .env("STINT_TOKEN", &w.ci.key)
+    .stdin(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
 /// Waits (at most 10 s) for a requested session to show up for `approver`; returns its id.
 async fn first_requested(approver: &Api) -> String {
     for _ in 0..500 {
@@ -188,25 +209,7 @@ async fn exec_ends_the_session_when_the_child_is_killed() {
         "echo \"$$ $STINT_SESSION_ID\" > {}; exec sleep 30",
         out_file.display()
     );
-    let mut child = Command::new(bin())
-        .args([
-            "exec",
-            "--target",
-            "api",
-            "--ttl",
-            "10m",
-            "--reason",
-            "killed job",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .env("STINT_ADDR", &w.server.addr)
-        .env("STINT_TOKEN", &w.ci.key)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_exec(&w, "killed job", &["sh", "-c", &script], false);
     let path = out_file.clone();
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -238,27 +241,7 @@ async fn exec_on_ctrl_c_stops_the_child_and_ends_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("sid");
     let script = format!("echo \"$STINT_SESSION_ID\" > {}; sleep 30", out_file.display());
-    // A process group of its own, as a terminal would make, so Ctrl-C reaches stint and the child.
-    let mut child = Command::new("setsid")
-        .arg(bin())
-        .args([
-            "exec",
-            "--target",
-            "api",
-            "--ttl",
-            "10m",
-            "--reason",
-            "interactive",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .env("STINT_ADDR", &w.server.addr)
-        .env("STINT_TOKEN", &w.ci.key)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_exec(&w, "interactive", &["sh", "-c", &script], true);
     let path = out_file.clone();
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -285,23 +268,7 @@ async fn exec_on_ctrl_c_stops_the_child_and_ends_the_session() {
 #[tokio::test]
 async fn exec_waits_for_approval_then_runs() {
     let w = World::new(1).await;
-    let mut child = Command::new(bin())
-        .args([
-            "exec",
-            "--target",
-            "api",
-            "--ttl",
-            "10m",
-            "--reason",
-            "needs approval",
-            "--",
-            "true",
-        ])
-        .env("STINT_ADDR", &w.server.addr)
-        .env("STINT_TOKEN", &w.ci.key)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_exec(&w, "needs approval", &["true"], false);
     let sid = first_requested(&w.alice).await;
     let (st, v) = w
         .alice
@@ -318,24 +285,7 @@ async fn exec_denied_request_exits_without_running_the_command() {
     let w = World::new(1).await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
-    let mut child = Command::new(bin())
-        .args([
-            "exec",
-            "--target",
-            "api",
-            "--ttl",
-            "10m",
-            "--reason",
-            "will be denied",
-            "--",
-            "touch",
-        ])
-        .arg(&marker)
-        .env("STINT_ADDR", &w.server.addr)
-        .env("STINT_TOKEN", &w.ci.key)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_exec(&w, "will be denied", &["touch", marker.to_str().unwrap()], false);
     let sid = first_requested(&w.alice).await;
     let (st, _) = w
         .alice
