@@ -1,0 +1,1 @@
+//! Dynamic PostgreSQL roles for stint.

@@ -1,0 +1,1 @@
+//! OpenSSH user certificates and key revocation lists for stint.
