@@ -180,11 +180,12 @@ impl CredentialKind {
 pub enum Revocation {
     /// Not revoked (yet).
     None,
-    /// Revocation asked for, not yet confirmed by the target system.
+    /// Revocation asked for, not yet confirmed by the target system (retried with backoff).
     Pending,
     /// Confirmed dead.
     Confirmed,
-    /// The last attempt failed; it is retried.
+    /// Every retry of the current round failed; an alert is raised and the reconcile sweep keeps
+    /// trying. Never forgotten: only confirmation ends it.
     Failed,
 }
 
@@ -213,6 +214,12 @@ pub struct Credential {
     /// When its first use was recorded.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub first_used_at: Option<OffsetDateTime>,
+    /// Failed revocation attempts so far.
+    #[serde(default)]
+    pub revocation_attempts: u32,
+    /// The last revocation error (never a secret).
+    #[serde(default)]
+    pub revocation_error: Option<String>,
 }
 
 /// Who caused a change.
@@ -402,12 +409,15 @@ pub enum Event {
         /// Which.
         credential: CredentialId,
     },
-    /// The provider failed to revoke; it will be retried.
+    /// The provider failed to revoke; it will be retried. `give_up` marks the last attempt of a
+    /// round of retries: the credential shows `failed` until a later attempt confirms it.
     RevocationFailed {
         /// Which.
         credential: CredentialId,
         /// A message without secrets.
         error: String,
+        /// True when the retry budget of this round is spent.
+        give_up: bool,
     },
 }
 
@@ -688,6 +698,8 @@ impl Session {
                     revocation: Revocation::None,
                     revoked_at: None,
                     first_used_at: None,
+                    revocation_attempts: 0,
+                    revocation_error: None,
                     issued_at: now,
                     ..credential
                 });
@@ -761,17 +773,21 @@ impl Session {
                 if c.revocation != Revocation::Confirmed {
                     c.revocation = Revocation::Confirmed;
                     c.revoked_at = Some(now);
-                    let kind = c.kind;
+                    let (kind, attempts) = (c.kind, c.revocation_attempts + 1);
                     fx.push(Effect::Audit(PendingAudit {
                         at: now,
                         actor: Actor::System.audit_name(),
                         action: "credential.revoked".into(),
                         session: Some(id),
-                        details: json!({ "credential": credential, "kind": kind }),
+                        details: json!({ "credential": credential, "kind": kind, "attempts": attempts }),
                     }));
                 }
             }
-            Event::RevocationFailed { credential, error } => {
+            Event::RevocationFailed {
+                credential,
+                error,
+                give_up,
+            } => {
                 let id = s.id.clone();
                 let c = s
                     .credentials
@@ -782,14 +798,27 @@ impl Session {
                     return Err(TransitionError::Invalid("revocation was never requested".into()));
                 }
                 if c.revocation != Revocation::Confirmed {
-                    c.revocation = Revocation::Failed;
-                    let kind = c.kind;
+                    c.revocation = if give_up {
+                        Revocation::Failed
+                    } else {
+                        Revocation::Pending
+                    };
+                    c.revocation_attempts = c.revocation_attempts.saturating_add(1);
+                    let error: String = error.chars().take(500).collect();
+                    c.revocation_error = Some(error.clone());
+                    let (kind, attempts) = (c.kind, c.revocation_attempts);
                     fx.push(Effect::Audit(PendingAudit {
                         at: now,
                         actor: Actor::System.audit_name(),
                         action: "credential.revocation_failed".into(),
                         session: Some(id),
-                        details: json!({ "credential": credential, "kind": kind, "error": error }),
+                        details: json!({
+                            "credential": credential,
+                            "kind": kind,
+                            "error": error,
+                            "attempts": attempts,
+                            "gave_up": give_up,
+                        }),
                     }));
                 }
             }

@@ -145,9 +145,14 @@ fn end(reason: EndReason) -> Event {
 }
 
 fn credential(id: u128, expires_at: OffsetDateTime) -> Credential {
+    credential_of(CredentialKind::Jwt, id, expires_at)
+}
+
+/// Every provider's credentials obey the same rules; the property test cycles through the kinds.
+fn credential_of(kind: CredentialKind, id: u128, expires_at: OffsetDateTime) -> Credential {
     Credential {
         id: cred_id(id),
-        kind: CredentialKind::Jwt,
+        kind,
         handle: format!("sha256-of-token-{id}"),
         key_id: Some("k1".to_owned()),
         issued_at: T0,
@@ -155,6 +160,8 @@ fn credential(id: u128, expires_at: OffsetDateTime) -> Credential {
         revoked_at: None,
         revocation: Revocation::None,
         first_used_at: None,
+        revocation_attempts: 0,
+        revocation_error: None,
     }
 }
 
@@ -495,6 +502,7 @@ fn end_retries_revocation_that_failed_or_is_pending() {
         Event::RevocationFailed {
             credential: cred_id(2),
             error: "target unreachable".to_owned(),
+            give_up: true,
         },
         at(3),
     );
@@ -1067,13 +1075,29 @@ fn failed_revocation_is_recorded_for_retry() {
         Event::RevocationFailed {
             credential: cred_id(1),
             error: "connection refused".to_owned(),
+            give_up: false,
+        },
+        at(3),
+    );
+    // A failed attempt with retries left stays pending, with its error and attempt count.
+    assert_eq!(cred(&s, 1).revocation, Revocation::Pending);
+    assert_eq!(cred(&s, 1).revocation_attempts, 1);
+    assert_eq!(cred(&s, 1).revocation_error.as_deref(), Some("connection refused"));
+    assert_eq!(cred(&s, 1).revoked_at, None);
+    assert_eq!(actions(&fx), ["credential.revocation_failed"]);
+    assert_eq!(s.state, State::Ended);
+    // The last attempt of a round marks it failed (an alert); it is still retried later.
+    let (s, _) = step(
+        &s,
+        Event::RevocationFailed {
+            credential: cred_id(1),
+            error: "connection refused again".to_owned(),
+            give_up: true,
         },
         at(3),
     );
     assert_eq!(cred(&s, 1).revocation, Revocation::Failed);
-    assert_eq!(cred(&s, 1).revoked_at, None);
-    assert_eq!(actions(&fx), ["credential.revocation_failed"]);
-    assert_eq!(s.state, State::Ended);
+    assert_eq!(cred(&s, 1).revocation_attempts, 2);
 
     // A later success wins; a failure reported after the success does not undo it.
     let (s, _) = step(
@@ -1089,6 +1113,7 @@ fn failed_revocation_is_recorded_for_retry() {
         Event::RevocationFailed {
             credential: cred_id(1),
             error: "timeout".to_owned(),
+            give_up: true,
         },
         at(5),
     );
@@ -1111,6 +1136,7 @@ fn revocation_events_for_unknown_credentials_are_refused() {
         Event::RevocationFailed {
             credential: unknown.clone(),
             error: "x".to_owned(),
+            give_up: false,
         },
     ] {
         assert_eq!(refused(&s, event, at(2)), TransitionError::UnknownCredential);
@@ -1440,13 +1466,14 @@ fn to_event(s: &Session, op: &Op, now: OffsetDateTime, next_cred: &mut u128) -> 
             *next_cred += 1;
             let expires_at = s.credential_expiry(now).unwrap_or(now + Duration::seconds(1));
             Event::Issue {
-                credential: credential(*next_cred, expires_at),
+                credential: credential_of(kind_of(*next_cred), *next_cred, expires_at),
             }
         }
         Op::IssueAt(seed) => {
             *next_cred += 1;
+            let expires_at = now + seconds(seed % (2 * s.ttl_s + 2));
             Event::Issue {
-                credential: credential(*next_cred, now + seconds(seed % (2 * s.ttl_s + 2))),
+                credential: credential_of(kind_of(*next_cred), *next_cred, expires_at),
             }
         }
         Op::RevokeCredential(i) => Event::RevokeCredential {
@@ -1459,8 +1486,13 @@ fn to_event(s: &Session, op: &Op, now: OffsetDateTime, next_cred: &mut u128) -> 
         Op::RevocationFailed(i) => Event::RevocationFailed {
             credential: pick_credential(s, i),
             error: "target unreachable".to_owned(),
+            give_up: i % 2 == 0,
         },
     }
+}
+
+fn kind_of(n: u128) -> CredentialKind {
+    [CredentialKind::Jwt, CredentialKind::Postgres, CredentialKind::Ssh][(n % 3) as usize]
 }
 
 fn state_action(st: State) -> &'static str {

@@ -139,10 +139,21 @@ pub struct ApiKey {
 pub enum TargetKind {
     /// JWT access tokens for an audience.
     Jwt,
-    /// PostgreSQL roles (not yet available).
+    /// PostgreSQL roles (dynamic, or a checked-out account).
     Postgres,
-    /// SSH certificates (not yet available).
+    /// OpenSSH user certificates.
     Ssh,
+}
+
+impl TargetKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::Postgres => "postgres",
+            Self::Ssh => "ssh",
+        }
+    }
 }
 
 /// `POST /v1/targets`.
@@ -210,12 +221,16 @@ pub struct Target {
     /// Required binding kind.
     #[schema(value_type = Option<String>)]
     pub require_binding: Option<BindingKind>,
-    /// Non-secret settings.
+    /// Non-secret settings (write-only fields such as `admin_url` and `ca_private_key` are never
+    /// returned).
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// ssh targets: the user CA's public key (OpenSSH format) for the host's `TrustedUserCAKeys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_public_key: Option<String>,
 }
 
 /// `POST /v1/sessions`.
@@ -291,6 +306,12 @@ pub struct CredentialView {
     pub revoked_at: Option<OffsetDateTime>,
     /// `none`, `pending`, `confirmed` or `failed`.
     pub revocation: String,
+    /// Failed revocation attempts so far.
+    #[serde(default)]
+    pub revocation_attempts: u32,
+    /// The last revocation error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_error: Option<String>,
 }
 
 /// The session object.
@@ -362,6 +383,8 @@ impl From<&Credential> for CredentialView {
             expires_at: c.expires_at,
             revoked_at: c.revoked_at,
             revocation: enum_str(&c.revocation),
+            revocation_attempts: c.revocation_attempts,
+            revocation_error: c.revocation_error.clone(),
         }
     }
 }
@@ -446,6 +469,91 @@ pub struct JwtCredential {
     /// Expiry: `min(session deadline, now + token_ttl_s)`.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+}
+
+/// `POST /v1/sessions/{id}/credentials` answer for a `postgres` target.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct PostgresCredential {
+    /// `crd_…`.
+    pub id: String,
+    /// `postgres`.
+    pub kind: String,
+    /// The role to log in as (`stint_…` in dynamic mode, the account in checkout mode).
+    pub username: String,
+    /// Its password. Shown only here; dies with the session.
+    pub password: String,
+    /// Host to connect to.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database.
+    pub database: String,
+    /// The role's `VALID UNTIL`; never after the session's deadline.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for PostgresCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresCredential")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/sessions/{id}/credentials` answer for an `ssh` target.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SshCredential {
+    /// `crd_…`.
+    pub id: String,
+    /// `ssh`.
+    pub kind: String,
+    /// The OpenSSH user certificate (`…-cert-v01@openssh.com …`) for the public key sent.
+    pub certificate: String,
+    /// Its principals (login names).
+    pub principals: Vec<String>,
+    /// Its serial (what the KRL lists once revoked).
+    pub serial: String,
+    /// Validity start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_after: OffsetDateTime,
+    /// Validity end; never after the session's deadline.
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_before: OffsetDateTime,
+}
+
+/// A new credential: its shape depends on the target's kind.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum IssuedCredential {
+    /// `jwt` targets.
+    Jwt(JwtCredential),
+    /// `postgres` targets.
+    Postgres(PostgresCredential),
+    /// `ssh` targets.
+    Ssh(SshCredential),
+}
+
+/// `POST /v1/reconcile` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReconcileReport {
+    /// What was found that no live credential owns, and what was done.
+    pub zombies: Vec<ZombieView>,
+    /// Revocations still outstanding after the sweep (queued for retry).
+    pub outstanding_revocations: usize,
+}
+
+/// One zombie.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ZombieView {
+    /// Target name.
+    pub target: String,
+    /// Role name or certificate serial.
+    pub credential: String,
+    /// `dropped`, `added_to_krl`, or `failed: …`.
+    pub action: String,
 }
 
 /// RFC 7662 introspection answer: `{"active": false}` exactly, or the token's claims.

@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use stint_proto::{
     ApiKey, ApproveRequest, AuditEvent, AuditVerification, CreatePrincipal, CreateSession, CreateTarget,
-    DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection, JwtCredential, KeyRotated, List,
-    Principal, PrincipalCreated, PrincipalKind, Problem, SessionView, Target,
+    DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection, IssuedCredential, KeyRotated, List,
+    Principal, PrincipalCreated, PrincipalKind, Problem, ReconcileReport, SessionView, Target,
 };
 use stint_store::{PrincipalRecord, SessionFilter};
 use utoipa::OpenApi;
@@ -51,6 +51,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/sessions/{id}/end", post(end))
         .route("/v1/sessions/{id}/heartbeat", post(heartbeat))
         .route("/v1/sessions/{id}/credentials", post(credentials))
+        .route("/v1/targets/{name}/krl", get(target_krl))
+        .route("/v1/reconcile", post(reconcile))
         .route("/v1/sessions/{id}/evidence", get(evidence))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
@@ -478,35 +480,56 @@ pub struct CredentialRequest {
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/credentials", tag = "sessions", request_body = CredentialRequest,
-    responses((status = 201, body = JwtCredential), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem)),
+    responses((status = 201, body = IssuedCredential), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem),
+              (status = 502, description = "the target system (PostgreSQL) failed; nothing was handed out", body = Problem)),
     security(("api_key" = [])))]
 async fn credentials(
     State(svc): Svc,
     Auth(c): Auth,
     PathId(id): PathId,
     OptionalBody(b): OptionalBody<CredentialRequest>,
-) -> ApiResult<(StatusCode, Json<JwtCredential>)> {
-    if b.public_key.is_some() {
-        return Err(ApiError::invalid("`public_key` is only accepted for ssh targets"));
-    }
+) -> ApiResult<(StatusCode, Json<IssuedCredential>)> {
     if b.nonce.is_some() {
         return Err(ApiError::invalid(
             "`nonce` is only accepted for break-glass sessions",
         ));
     }
-    let issued = svc.issue_jwt(&c, &id).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(JwtCredential {
-            id: issued.id.to_string(),
-            kind: "jwt".into(),
-            access_token: issued.token,
-            token_type: "Bearer".into(),
-            expires_at: issued.expires_at,
-        }),
-    ))
+    if b.public_key.as_ref().is_some_and(|k| k.len() > 16 * 1024) {
+        return Err(ApiError::invalid("`public_key` is too long"));
+    }
+    let issued = svc.issue_credential(&c, &id, b.public_key.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(issued)))
 }
+
+#[utoipa::path(get, path = "/v1/targets/{name}/krl", tag = "targets",
+    responses((status = 200, description = "the target's OpenSSH KRL (for sshd's RevokedKeys)", content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("api_key" = [])))]
+async fn target_krl(
+    State(svc): Svc,
+    Auth(_c): Auth,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> ApiResult<impl axum::response::IntoResponse> {
+    let krl = svc.krl(&name).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], krl))
+}
+
+#[utoipa::path(post, path = "/v1/reconcile", tag = "targets",
+    responses((status = 200, body = ReconcileReport), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn reconcile(State(svc): Svc, Auth(c): Auth, OptionalBody(_b): OptionalBody<EmptyBody>) -> ApiResult<Json<ReconcileReport>> {
+    let (zombies, outstanding) = svc.reconcile_now(&c).await?;
+    Ok(Json(ReconcileReport {
+        zombies,
+        outstanding_revocations: outstanding,
+    }))
+}
+
+/// An empty JSON object (or no body).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {}
 
 fn audit_view(r: &stint_core::AuditRecord) -> AuditEvent {
     AuditEvent {
@@ -767,9 +790,9 @@ impl utoipa::Modify for Conventions {
         healthz, readyz, metrics_text, openapi, jwks, as_metadata,
         create_principal, list_principals, get_principal, delete_principal, rotate_key,
         create_target, list_targets, get_target, patch_target, delete_target,
-        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, evidence,
+        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, evidence,
         audit, audit_verify, rotate_keys, introspect, revoke,
     ),
-    components(schemas(Problem, Health, TokenForm, CredentialRequest))
+    components(schemas(Problem, Health, TokenForm, CredentialRequest, EmptyBody))
 )]
 pub struct ApiDoc;

@@ -28,6 +28,17 @@ pub struct Config {
     /// stint speaks plain HTTP: it refuses to bind anything but loopback unless this is set, which
     /// says a TLS-terminating proxy stands in front of it.
     pub plaintext_behind_tls_proxy: bool,
+    /// Attempts in one round of retries of a failed revocation before the credential shows `failed`
+    /// (the reconcile sweep starts a new round; a revocation is never given up for good).
+    pub revocation_max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub revocation_backoff_base_ms: u64,
+    /// Longest retry delay.
+    pub revocation_backoff_cap_ms: u64,
+    /// How often the reconcile sweep runs (0 turns the periodic sweep off; `POST /v1/reconcile` still works).
+    pub reconcile_interval_s: u64,
+    /// Connect timeout for target systems (PostgreSQL).
+    pub target_connect_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -41,6 +52,11 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             default_token_ttl_s: 300,
             plaintext_behind_tls_proxy: false,
+            revocation_max_attempts: 8,
+            revocation_backoff_base_ms: 250,
+            revocation_backoff_cap_ms: 30_000,
+            reconcile_interval_s: 300,
+            target_connect_timeout_ms: 5000,
         }
     }
 }
@@ -75,6 +91,11 @@ impl Config {
                 "max_body_bytes",
                 "default_token_ttl_s",
                 "plaintext_behind_tls_proxy",
+                "revocation_max_attempts",
+                "revocation_backoff_base_ms",
+                "revocation_backoff_cap_ms",
+                "reconcile_interval_s",
+                "target_connect_timeout_ms",
             ]))
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig
@@ -97,6 +118,15 @@ impl Config {
         }
         if self.default_token_ttl_s == 0 || self.default_token_ttl_s > max {
             anyhow::bail!("default_token_ttl_s must be between 1 and {max}");
+        }
+        if self.revocation_max_attempts == 0 || self.revocation_max_attempts > 100 {
+            anyhow::bail!("revocation_max_attempts must be between 1 and 100");
+        }
+        if self.revocation_backoff_base_ms == 0 || self.revocation_backoff_cap_ms < self.revocation_backoff_base_ms {
+            anyhow::bail!("revocation_backoff_base_ms must be at least 1 and at most revocation_backoff_cap_ms");
+        }
+        if !(100..=600_000).contains(&self.target_connect_timeout_ms) {
+            anyhow::bail!("target_connect_timeout_ms must be between 100 and 600000");
         }
         if !self.listen.ip().is_loopback() && !self.plaintext_behind_tls_proxy {
             anyhow::bail!(

@@ -11,7 +11,10 @@ pub mod extract;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod providers;
+pub mod revoker;
 pub mod scheduler;
+pub mod secrets;
 pub mod service;
 
 use std::io::Write;
@@ -74,6 +77,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let db = cfg.data_dir.join("stint.db");
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))?;
     let keys = keys::KeyRing::open(&cfg.data_dir)?;
+    let kek = secrets::Kek::load(&cfg.data_dir, std::env::var("STINT_MASTER_KEY").ok().as_deref())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -86,6 +90,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         cfg.clone(),
         issuer,
         keys,
+        kek,
     ));
     {
         let mut out = std::io::stdout().lock();
@@ -102,6 +107,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .await
     });
 
+    // Revocation workers start first, so that jobs queued by recovery run at once.
+    let revoker = tokio::spawn(revocation_loop(svc.clone()));
     // Fail closed: nothing but health answers until every overdue session is ended.
     let bootstrap = std::env::var("STINT_BOOTSTRAP_ADMIN_KEY").ok();
     if let Some(key) = svc.recover(bootstrap).await? {
@@ -113,6 +120,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let sched = tokio::spawn(scheduler_loop(svc.clone()));
     let flusher = tokio::spawn(flush_loop(svc.clone()));
+    let sweeper = tokio::spawn(reconcile_loop(svc.clone()));
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -120,6 +128,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     sched.abort();
     flusher.abort();
+    sweeper.abort();
+    revoker.abort();
     svc.flush_usage().await;
     store.close().await;
     Ok(())
@@ -143,6 +153,52 @@ async fn scheduler_loop(svc: Arc<Service>) {
                 }
             })
             .await;
+    }
+}
+
+/// Most revocation jobs talking to target systems at once.
+const REVOCATION_CONCURRENCY: usize = 32;
+
+async fn revocation_loop(svc: Arc<Service>) {
+    let Some(mut rx) = svc.revoker.take_receiver() else {
+        return;
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(REVOCATION_CONCURRENCY));
+    while let Some(job) = rx.recv().await {
+        let svc = svc.clone();
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            // A permit is held only while talking to the target, never while backing off.
+            let mut round = 1;
+            loop {
+                let Ok(permit) = permits.acquire().await else { break };
+                let next = svc.revoke_once(&job, round).await;
+                drop(permit);
+                match next {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => break,
+                }
+                round += 1;
+            }
+            svc.revoker.done(&job.credential);
+        });
+    }
+}
+
+async fn reconcile_loop(svc: Arc<Service>) {
+    if svc.cfg.reconcile_interval_s == 0 {
+        return;
+    }
+    let mut every = tokio::time::interval(Duration::from_secs(svc.cfg.reconcile_interval_s));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match svc.reconcile("system").await {
+            Ok((zombies, outstanding)) => {
+                tracing::info!(zombies = zombies.len(), outstanding, "reconcile sweep finished");
+            }
+            Err(e) => tracing::warn!(code = e.code, "reconcile sweep failed"),
+        }
     }
 }
 

@@ -26,6 +26,14 @@ pub const REVOCATION_LAG: &str = "stint_revocation_lag_seconds";
 pub const AUDIT_EVENTS: &str = "stint_audit_events_total";
 /// Gauge: 1 when the audit chain verified at start, 0 when it did not.
 pub const AUDIT_CHAIN_OK: &str = "stint_audit_chain_ok";
+/// Gauge: revocations of external credentials queued or running on this node.
+pub const REVOCATIONS_PENDING: &str = "stint_revocations_pending";
+/// Counter: failed revocation attempts, by `kind`.
+pub const REVOCATION_FAILURES: &str = "stint_revocation_failures_total";
+/// Counter: revocations confirmed by the target system, by `kind`.
+pub const REVOCATIONS_CONFIRMED: &str = "stint_revocations_confirmed_total";
+/// Counter: zombies found (and revoked) by the reconcile sweep, by `kind`.
+pub const RECONCILE_ZOMBIES: &str = "stint_reconcile_zombies_total";
 /// Counter: HTTP requests, by matched `path` and `status`.
 pub const HTTP_REQUESTS: &str = "stint_http_requests_total";
 

@@ -23,6 +23,11 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::Config;
+use crate::providers::{
+    self, IssueRequest, Prepared, ProviderError, Secret, TargetProvider, TargetSecrets, Zombie,
+};
+use crate::revoker::{Job, Revoker};
+use crate::secrets::Kek;
 use crate::directory::{Directory, key_hash, new_api_key};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::KeyRing;
@@ -39,8 +44,17 @@ pub const RECOVERY_CONCURRENCY: usize = 64;
 /// Longest accepted free-text field.
 pub const MAX_TEXT: usize = 1000;
 
-/// A target as stored: its wire form. (Kinds with secrets will keep a write-only part beside it.)
+/// A target's public document (its wire form).
 pub type TargetDoc = stint_proto::Target;
+
+/// A target as stored: its public document and, for kinds with secrets, the sealed write-only part.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredTarget {
+    #[serde(flatten)]
+    doc: TargetDoc,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
+}
 
 /// The `aud` of a target's tokens: `config.audience`, else the target's name.
 pub fn audience(t: &TargetDoc) -> String {
@@ -167,7 +181,7 @@ pub struct Service {
     /// Signing keys.
     pub keys: KeyRing,
     /// Hot-path index.
-    pub live: LiveIndex,
+    pub live: Arc<LiveIndex>,
     /// Timers.
     pub scheduler: Scheduler,
     /// API keys.
@@ -183,6 +197,14 @@ pub struct Service {
     target_cache: std::sync::RwLock<std::collections::HashMap<String, TargetDoc>>,
     /// Incremental verification of the audit chain for evidence (the full check is `verify_audit`).
     chain: Mutex<stint_core::audit::Verifier>,
+    /// Seals target secrets at rest.
+    kek: Kek,
+    /// Every target's credential provider, by target name.
+    providers: std::sync::RwLock<std::collections::HashMap<String, TargetProvider>>,
+    /// The jwt provider (shared by every jwt target).
+    jwt: Arc<providers::jwt::JwtProvider>,
+    /// Revocation jobs of external credentials.
+    pub revoker: Revoker,
 }
 
 impl Service {
@@ -193,14 +215,20 @@ impl Service {
         cfg: Config,
         issuer: String,
         keys: KeyRing,
+        kek: Kek,
     ) -> Self {
+        let live = Arc::new(LiveIndex::default());
         Self {
             store,
             clock,
             cfg,
             issuer,
             keys,
-            live: LiveIndex::default(),
+            jwt: Arc::new(providers::jwt::JwtProvider::new(live.clone())),
+            live,
+            kek,
+            providers: std::sync::RwLock::default(),
+            revoker: Revoker::default(),
             scheduler: Scheduler::default(),
             directory: Directory::default(),
             ready: AtomicBool::new(false),
@@ -250,9 +278,23 @@ impl Service {
             let Some(last) = page.last() else { break };
             after = Some(last.name.clone());
             for r in page {
-                let doc: TargetDoc = serde_json::from_str(&r.doc)
+                let stored: StoredTarget = serde_json::from_str(&r.doc)
                     .map_err(|e| anyhow::anyhow!("target `{}` is unreadable: {e}", r.name))?;
-                self.cache_target(Some(doc), &r.name);
+                let secrets = match &stored.sealed {
+                    Some(blob) => {
+                        let plain = self.kek.open(&r.name, blob).map_err(|e| {
+                            anyhow::anyhow!("target `{}`: {e} (is STINT_MASTER_KEY/master.key the one it was created with?)", r.name)
+                        })?;
+                        serde_json::from_slice::<TargetSecrets>(&plain)
+                            .map_err(|_| anyhow::anyhow!("target `{}`: its sealed secrets are unreadable", r.name))?
+                    }
+                    None => TargetSecrets::default(),
+                };
+                let provider = self
+                    .build_provider(&stored.doc, &secrets)
+                    .map_err(|e| anyhow::anyhow!("target `{}`: {e}", r.name))?;
+                self.set_provider(&r.name, Some(provider));
+                self.cache_target(Some(stored.doc), &r.name);
             }
         }
         let v = self.store.verify_audit().await?;
@@ -287,8 +329,15 @@ impl Service {
             kept += usize::from(active);
             ended += usize::from(ended_now);
         }
+        // The outbox: every revocation not yet confirmed (also those of sessions ended just now).
+        let outstanding = self.requeue_outstanding().await?;
         self.ready.store(true, Ordering::Release);
-        tracing::info!(ended_while_down = ended, active = kept, "recovery finished");
+        tracing::info!(
+            ended_while_down = ended,
+            active = kept,
+            revocations_requeued = outstanding,
+            "recovery finished"
+        );
         Ok(written_key)
     }
 
@@ -371,28 +420,46 @@ impl Service {
     // ----- the one path every session change takes --------------------------------------------
 
     /// Carries out a transition's effects that must precede its commit: a session that reached a
-    /// final state is killed in memory first (fail closed), and each credential to revoke is revoked
-    /// by its provider, whose outcome is applied to the session. Returns the session and every audit
-    /// event to commit with it.
+    /// final state is killed in memory first (fail closed), and credentials that live only in this
+    /// process (JWTs) are revoked at once, their confirmation committed with the session. External
+    /// credentials stay `pending` (their outbox rows are written by the same commit) and come back as
+    /// jobs to queue once the commit succeeded. Returns the session, every audit event to commit with
+    /// it, and those jobs.
     fn carry_out(
         &self,
         mut s: Session,
         effects: Vec<Effect>,
         now: OffsetDateTime,
-    ) -> ApiResult<(Session, Vec<PendingAudit>)> {
+    ) -> ApiResult<(Session, Vec<PendingAudit>, Vec<Job>)> {
         if s.state.is_final() {
             self.live.kill(&s.id);
         }
         let mut audit = Vec::new();
         let mut outcomes = Vec::new();
+        let mut jobs = Vec::new();
         for e in effects {
             match e {
                 Effect::Audit(a) => audit.push(a),
                 Effect::Revoke {
                     credential,
+                    kind: CredentialKind::Jwt,
+                    handle,
+                } => {
+                    use providers::Provider as _;
+                    self.jwt.revoke_in_process(&handle);
+                    outcomes.push(Event::RevocationConfirmed { credential });
+                }
+                Effect::Revoke {
+                    credential,
                     kind,
                     handle,
-                } => outcomes.push(self.revoke(credential, kind, &handle)),
+                } => jobs.push(Job {
+                    session: s.id.clone(),
+                    credential,
+                    target: s.target.clone(),
+                    kind,
+                    handle,
+                }),
             }
         }
         for event in outcomes {
@@ -403,24 +470,7 @@ impl Service {
                 Effect::Revoke { .. } => None,
             }));
         }
-        Ok((s, audit))
-    }
-
-    /// Revokes one credential with its kind's provider and reports the outcome as an event. JWTs die
-    /// in the live index; other kinds have no provider in this version and are recorded as failed.
-    fn revoke(&self, credential: CredentialId, kind: CredentialKind, handle: &str) -> Event {
-        match kind {
-            CredentialKind::Jwt => {
-                if let Some(h) = handle_to_hash(handle) {
-                    self.live.remove_token(&h);
-                }
-                Event::RevocationConfirmed { credential }
-            }
-            other => Event::RevocationFailed {
-                credential,
-                error: format!("no {} provider is configured", other.as_str()),
-            },
-        }
+        Ok((s, audit, jobs))
     }
 
     /// Persists a transition's result and carries out its effects. The caller holds the session's
@@ -433,7 +483,7 @@ impl Service {
         effects: Vec<Effect>,
         now: OffsetDateTime,
     ) -> ApiResult<Session> {
-        let (s, audit) = self.carry_out(s, effects, now)?;
+        let (s, audit, jobs) = self.carry_out(s, effects, now)?;
         if s == *old && audit.is_empty() {
             self.live.sync(&s);
             self.scheduler.set(&s.id, s.next_wake());
@@ -450,6 +500,9 @@ impl Service {
         let records = self.store.commit(batch).await?;
         m::audit_written(records.len());
         self.after_commit(old, &s, now);
+        for job in jobs {
+            self.revoker.enqueue(job);
+        }
         Ok(s)
     }
 
@@ -722,6 +775,7 @@ impl Service {
         let now = self.clock.now();
         let mut done: Vec<(Session, Session)> = Vec::new();
         let mut usages = Vec::new();
+        let mut jobs = Vec::new();
         for id in &ids {
             let Some(Versioned { session, version }) = self.store.session(id).await? else {
                 continue;
@@ -738,8 +792,9 @@ impl Service {
                 }
                 Err(e) => return Err(e),
             };
-            let (s, audit) = self.carry_out(s, fx, now)?;
+            let (s, audit, more) = self.carry_out(s, fx, now)?;
             extra.audit.extend(audit);
+            jobs.extend(more);
             extra.sessions.push(SessionWrite {
                 session: s.clone(),
                 expected_version: Some(version),
@@ -753,6 +808,9 @@ impl Service {
         m::audit_written(records.len());
         for (old, s) in &done {
             self.after_commit(old, s, now);
+        }
+        for job in jobs {
+            self.revoker.enqueue(job);
         }
         for (id, u) in usages {
             if let Some(l) = self.live.session(&id) {
@@ -791,22 +849,18 @@ impl Service {
         check_groups(&req.requester_groups)?;
         check_groups(&req.approver_groups)?;
         check_groups(&req.tags)?;
-        if req.kind != TargetKind::Jwt {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unsupported_target_kind",
-                "only `jwt` targets are available in this version",
-            ));
-        }
         let max = stint_core::session::MAX_DURATION_S;
         if req.max_ttl_s == 0 || req.max_ttl_s > max {
             return Err(ApiError::invalid(format!(
                 "`max_ttl_s` must be between 1 and {max}"
             )));
         }
-        let token_ttl_s = req
-            .token_ttl_s
-            .unwrap_or(self.cfg.default_token_ttl_s.min(req.max_ttl_s));
+        // A database login or an SSH certificate lives for the session's window unless told otherwise.
+        let default_ttl = match req.kind {
+            TargetKind::Jwt => self.cfg.default_token_ttl_s.min(req.max_ttl_s),
+            _ => req.max_ttl_s,
+        };
+        let token_ttl_s = req.token_ttl_s.unwrap_or(default_ttl);
         if token_ttl_s == 0 || token_ttl_s > req.max_ttl_s {
             return Err(ApiError::invalid(
                 "`token_ttl_s` must be between 1 and `max_ttl_s`",
@@ -824,26 +878,7 @@ impl Service {
         if let Some(env) = &req.environment {
             check_text("environment", env, false)?;
         }
-        let config = match req.config {
-            None => json!({}),
-            Some(serde_json::Value::Object(map)) => {
-                for (k, v) in &map {
-                    match (k.as_str(), v) {
-                        ("audience", serde_json::Value::String(a)) if !a.is_empty() && a.len() <= 256 => {}
-                        ("audience", _) => {
-                            return Err(ApiError::invalid("`config.audience` must be a non-empty string"));
-                        }
-                        (k, _) => {
-                            return Err(ApiError::invalid(format!(
-                                "unknown `config` field `{k}` for a jwt target"
-                            )));
-                        }
-                    }
-                }
-                serde_json::Value::Object(map)
-            }
-            Some(_) => return Err(ApiError::invalid("`config` must be an object")),
-        };
+        let (config, secrets, ca_public_key) = self.target_config(&req.name, req.kind, req.config)?;
         let now = self.clock.now();
         let doc = TargetDoc {
             name: req.name,
@@ -858,13 +893,28 @@ impl Service {
             require_binding: req.require_binding,
             config,
             created_at: now,
+            ca_public_key,
         };
-        let text = serde_json::to_string(&doc).map_err(|_| ApiError::internal())?;
+        let provider = self
+            .build_provider(&doc, &secrets)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let sealed = match (&secrets.admin_url, &secrets.ca_private_key) {
+            (None, None) => None,
+            _ => {
+                let plain = zeroize::Zeroizing::new(serde_json::to_vec(&secrets).map_err(|_| ApiError::internal())?);
+                Some(self.kek.seal(&doc.name, &plain).map_err(|_| ApiError::internal())?)
+            }
+        };
+        let text = serde_json::to_string(&StoredTarget {
+            doc: doc.clone(),
+            sealed: sealed.clone(),
+        })
+        .map_err(|_| ApiError::internal())?;
         self.store
             .commit(Batch {
                 targets: vec![TargetWrite::Insert(TargetRecord {
                     name: doc.name.clone(),
-                    kind: "jwt".into(),
+                    kind: doc.kind.as_str().into(),
                     doc: text,
                     created_at: now,
                 })],
@@ -877,8 +927,120 @@ impl Service {
                 ..Default::default()
             })
             .await?;
+        self.set_provider(&doc.name, Some(provider));
         self.cache_target(Some(doc.clone()), &doc.name);
         Ok(doc)
+    }
+
+    /// Validates a target's `config` for its kind: the public part to store and show, the write-only
+    /// secrets to seal, and (ssh) the CA's public key.
+    fn target_config(
+        &self,
+        name: &str,
+        kind: TargetKind,
+        raw: Option<serde_json::Value>,
+    ) -> ApiResult<(serde_json::Value, TargetSecrets, Option<String>)> {
+        let raw = match raw {
+            None => json!({}),
+            Some(v @ serde_json::Value::Object(_)) => v,
+            Some(_) => return Err(ApiError::invalid("`config` must be an object")),
+        };
+        match kind {
+            TargetKind::Jwt => {
+                let serde_json::Value::Object(map) = &raw else {
+                    return Err(ApiError::invalid("`config` must be an object"));
+                };
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("audience", serde_json::Value::String(a)) if !a.is_empty() && a.len() <= 256 => {}
+                        ("audience", _) => {
+                            return Err(ApiError::invalid("`config.audience` must be a non-empty string"));
+                        }
+                        (k, _) => {
+                            return Err(ApiError::invalid(format!(
+                                "unknown `config` field `{k}` for a jwt target"
+                            )));
+                        }
+                    }
+                }
+                Ok((raw, TargetSecrets::default(), None))
+            }
+            TargetKind::Postgres => {
+                let (cfg, url) = providers::postgres::parse_config(raw).map_err(ApiError::invalid)?;
+                let public = serde_json::to_value(&cfg).map_err(|_| ApiError::internal())?;
+                use secrecy::ExposeSecret;
+                let secrets = TargetSecrets {
+                    admin_url: Some(url.expose_secret().to_owned()),
+                    ca_private_key: None,
+                };
+                let _ = name;
+                Ok((public, secrets, None))
+            }
+            TargetKind::Ssh => {
+                let (cfg, ca) = providers::ssh::parse_config(raw).map_err(ApiError::invalid)?;
+                let public = serde_json::to_value(&cfg).map_err(|_| ApiError::internal())?;
+                let pem = ca.to_openssh().map_err(|_| ApiError::internal())?;
+                let secrets = TargetSecrets {
+                    admin_url: None,
+                    ca_private_key: Some(pem.to_string()),
+                };
+                Ok((public, secrets, Some(ca.public_key_openssh())))
+            }
+        }
+    }
+
+    /// Builds a target's provider from its document and opened secrets.
+    fn build_provider(&self, doc: &TargetDoc, secrets: &TargetSecrets) -> Result<TargetProvider, ProviderError> {
+        match doc.kind {
+            TargetKind::Jwt => Ok(TargetProvider::Jwt(self.jwt.clone())),
+            TargetKind::Postgres => {
+                let cfg: providers::postgres::PostgresConfig = serde_json::from_value(doc.config.clone())
+                    .map_err(|e| ProviderError::Config(format!("stored config: {e}")))?;
+                let url = secrets
+                    .admin_url
+                    .as_deref()
+                    .ok_or_else(|| ProviderError::Config("no admin_url".into()))?;
+                let p = providers::postgres::PostgresProvider::new(
+                    &doc.name,
+                    cfg,
+                    &secrecy::SecretString::from(url.to_owned()),
+                    std::time::Duration::from_millis(self.cfg.target_connect_timeout_ms),
+                )?;
+                Ok(TargetProvider::Postgres(Arc::new(p)))
+            }
+            TargetKind::Ssh => {
+                let cfg: providers::ssh::SshConfig = serde_json::from_value(doc.config.clone())
+                    .map_err(|e| ProviderError::Config(format!("stored config: {e}")))?;
+                let pem = secrets
+                    .ca_private_key
+                    .as_deref()
+                    .ok_or_else(|| ProviderError::Config("no CA key".into()))?;
+                let ca = stint_ssh::UserCa::from_openssh(pem).map_err(|e| ProviderError::Config(e.to_string()))?;
+                Ok(TargetProvider::Ssh(Arc::new(providers::ssh::SshProvider::new(
+                    &doc.name,
+                    cfg,
+                    ca,
+                    self.store.clone(),
+                    self.clock.clone(),
+                ))))
+            }
+        }
+    }
+
+    fn set_provider(&self, name: &str, p: Option<TargetProvider>) {
+        let mut map = self.providers.write().unwrap_or_else(|e| e.into_inner());
+        match p {
+            Some(p) => map.insert(name.to_owned(), p),
+            None => map.remove(name),
+        };
+    }
+
+    fn provider(&self, name: &str) -> Option<TargetProvider> {
+        self.providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// A target by name (any caller; never secrets).
@@ -943,11 +1105,22 @@ impl Service {
             ));
         }
         let now = self.clock.now();
-        let text = serde_json::to_string(&doc).map_err(|_| ApiError::internal())?;
+        // Keep the sealed part as it is stored.
+        let sealed = match self.store.target(name).await? {
+            Some(r) => serde_json::from_str::<StoredTarget>(&r.doc)
+                .map_err(|_| ApiError::internal())?
+                .sealed,
+            None => return Err(ApiError::not_found("target")),
+        };
+        let text = serde_json::to_string(&StoredTarget {
+            doc: doc.clone(),
+            sealed,
+        })
+        .map_err(|_| ApiError::internal())?;
         let extra = Batch {
             targets: vec![TargetWrite::Update(TargetRecord {
                 name: doc.name.clone(),
-                kind: "jwt".into(),
+                kind: doc.kind.as_str().into(),
                 doc: text,
                 created_at: doc.created_at,
             })],
@@ -981,7 +1154,7 @@ impl Service {
     pub async fn delete_target(&self, caller: &Caller, name: &str) -> ApiResult<()> {
         require_admin(caller)?;
         let _gate = self.admin_gate.write().await;
-        self.target_doc(name).await?;
+        let doc = self.target_doc(name).await?;
         let now = self.clock.now();
         let ids = self
             .open_sessions(SessionFilter {
@@ -989,6 +1162,28 @@ impl Service {
                 ..Default::default()
             })
             .await?;
+        if doc.kind != TargetKind::Jwt {
+            // Revoking a role or certificate needs the target's admin URL or CA: the target stays
+            // until nothing of it is live or waiting for revocation.
+            let outstanding = self
+                .store
+                .outstanding_revocations()
+                .await?
+                .iter()
+                .filter(|r| r.target == name)
+                .count();
+            if !ids.is_empty() || outstanding > 0 {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "target_busy",
+                    format!(
+                        "end the target's {} open session(s) and let its {outstanding} revocation(s) \
+                         complete before deleting it",
+                        ids.len()
+                    ),
+                ));
+            }
+        }
         let by = Actor::Principal(PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?);
         let extra = Batch {
             targets: vec![TargetWrite::Delete(name.to_owned())],
@@ -1002,6 +1197,7 @@ impl Service {
         };
         self.end_all(ids, by, EndReason::Revoked, extra).await?;
         self.cache_target(None, name);
+        self.set_provider(name, None);
         Ok(())
     }
 
@@ -1319,8 +1515,14 @@ impl Service {
         Ok(())
     }
 
-    /// Issues a JWT for an active session (its principal only).
-    pub async fn issue_jwt(&self, caller: &Caller, id: &str) -> ApiResult<IssuedJwt> {
+    /// Issues a credential of the session's target's kind (its principal only).
+    pub async fn issue_credential(
+        &self,
+        caller: &Caller,
+        id: &str,
+        public_key: Option<&str>,
+    ) -> ApiResult<stint_proto::IssuedCredential> {
+        use stint_proto::{IssuedCredential, JwtCredential, PostgresCredential, SshCredential};
         let (sid, own, _, session) = self.parse_and_authorize(caller, id).await?;
         if !own {
             return Err(ApiError::forbidden(
@@ -1334,7 +1536,61 @@ impl Service {
                 "the session's target no longer exists",
             )
         })?;
-        let audience = audience(&target);
+        if target.kind == TargetKind::Jwt {
+            if public_key.is_some() {
+                return Err(ApiError::invalid("`public_key` is only accepted for ssh targets"));
+            }
+            let issued = self.issue_jwt(sid, &target).await?;
+            return Ok(IssuedCredential::Jwt(JwtCredential {
+                id: issued.id.to_string(),
+                kind: "jwt".into(),
+                access_token: issued.token,
+                token_type: "Bearer".into(),
+                expires_at: issued.expires_at,
+            }));
+        }
+        let (prepared, _) = self.issue_external(caller, id, public_key).await?;
+        let id = prepared.credential.id.to_string();
+        Ok(match prepared.secret {
+            Secret::Postgres {
+                username,
+                password,
+                host,
+                port,
+                database,
+            } => {
+                use secrecy::ExposeSecret;
+                IssuedCredential::Postgres(PostgresCredential {
+                    id,
+                    kind: "postgres".into(),
+                    username,
+                    password: password.expose_secret().to_owned(),
+                    host,
+                    port,
+                    database,
+                    expires_at: prepared.credential.expires_at,
+                })
+            }
+            Secret::Ssh {
+                certificate,
+                principals,
+                valid_after,
+                valid_before,
+            } => IssuedCredential::Ssh(SshCredential {
+                id,
+                kind: "ssh".into(),
+                certificate,
+                principals,
+                serial: prepared.credential.handle.clone(),
+                valid_after,
+                valid_before,
+            }),
+        })
+    }
+
+    /// Issues a JWT for an active session of a jwt target (authorization already checked).
+    async fn issue_jwt(&self, sid: SessionId, target: &TargetDoc) -> ApiResult<IssuedJwt> {
+        let audience = audience(target);
         let jti = CredentialId::from_u128(new_u128());
         let issued: std::sync::Mutex<Option<(String, TokenHash, OffsetDateTime)>> =
             std::sync::Mutex::new(None);
@@ -1372,6 +1628,8 @@ impl Service {
                             revoked_at: None,
                             revocation: Revocation::None,
                             first_used_at: None,
+                            revocation_attempts: 0,
+                            revocation_error: None,
                         },
                     }])
                 },
@@ -1391,6 +1649,289 @@ impl Service {
             .await?;
         metrics::counter!(m::CREDENTIALS_ISSUED, "kind" => "jwt").increment(1);
         out.ok_or_else(ApiError::internal)
+    }
+
+    /// Issues a credential of an external kind (postgres role, ssh certificate) for an active session
+    /// (its principal only). The credential is committed before it exists in the target system; if
+    /// creating it there fails, it is revoked again (queued) and the caller gets 502.
+    pub async fn issue_external(
+        &self,
+        caller: &Caller,
+        id: &str,
+        public_key: Option<&str>,
+    ) -> ApiResult<(Prepared, CredentialKind)> {
+        let (sid, own, _, session) = self.parse_and_authorize(caller, id).await?;
+        if !own {
+            return Err(ApiError::forbidden(
+                "only the session's principal can fetch its credentials",
+            ));
+        }
+        let provider = self.provider(&session.target).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "session_not_active",
+                "the session's target no longer exists",
+            )
+        })?;
+        let kind = match &provider {
+            TargetProvider::Postgres(_) => CredentialKind::Postgres,
+            TargetProvider::Ssh(_) => CredentialKind::Ssh,
+            TargetProvider::Jwt(_) => return Err(ApiError::internal()),
+        };
+        if kind == CredentialKind::Ssh && public_key.is_none() {
+            return Err(ApiError::invalid("an ssh credential needs `public_key` (OpenSSH format)"));
+        }
+        if kind != CredentialKind::Ssh && public_key.is_some() {
+            return Err(ApiError::invalid("`public_key` is only accepted for ssh targets"));
+        }
+        // Check-out mode: one holder at a time, from activation until its revocation is confirmed.
+        let checkout = match &provider {
+            TargetProvider::Postgres(p) if p.config().mode == providers::postgres::Mode::Checkout => {
+                Some(p.checkout.lock().await)
+            }
+            _ => None,
+        };
+        if checkout.is_some() {
+            self.ensure_account_free(&session.target, &sid).await?;
+        }
+        let p = provider.shared();
+        let _g = self.lock(&sid).await;
+        let v = self
+            .store
+            .session(&sid)
+            .await?
+            .ok_or_else(|| ApiError::not_found("session"))?;
+        let now = self.clock.now();
+        let expires_at = v.session.credential_expiry(now)?;
+        let prepared = p
+            .prepare(&IssueRequest {
+                session: &v.session,
+                id: CredentialId::from_u128(new_u128()),
+                expires_at,
+                now,
+                public_key,
+            })
+            .map_err(provider_error)?;
+        let issue = Event::Issue {
+            credential: prepared.credential.clone(),
+        };
+        let (s, fx, usage) = self.apply_all(&v.session, vec![issue], now)?;
+        let s = self.finish(&v.session, v.version, s, fx, now).await?;
+        if let (Some(u), Some(l)) = (usage, self.live.session(&sid)) {
+            l.usage_written(&u);
+        }
+        if let Err(e) = p.activate(&prepared).await {
+            tracing::warn!(session = %sid, target = %s.target, error = %e, "creating the credential failed");
+            let now = self.clock.now();
+            let undo = Event::RevokeCredential {
+                credential: prepared.credential.id.clone(),
+                by: Actor::System,
+            };
+            let (next, fx) = s.apply(undo, now)?;
+            let current = self.store.session(&sid).await?.ok_or_else(ApiError::internal)?;
+            self.finish(&current.session, current.version, next, fx, now).await?;
+            return Err(provider_error(e));
+        }
+        metrics::counter!(m::CREDENTIALS_ISSUED, "kind" => kind.as_str()).increment(1);
+        drop(checkout);
+        Ok((prepared, kind))
+    }
+
+    /// Refuses a check-out while another session (or this one) still holds the account.
+    async fn ensure_account_free(&self, target: &str, sid: &SessionId) -> ApiResult<()> {
+        let now = self.clock.now();
+        let busy = ApiError::new(
+            StatusCode::CONFLICT,
+            "account_checked_out",
+            "the account is checked out by a session (or its check-in is not yet confirmed)",
+        );
+        let holders = self
+            .store
+            .sessions(&SessionFilter {
+                target: Some(target.to_owned()),
+                state: Some(State::Active),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await?;
+        for h in holders {
+            if h.session.credentials.iter().any(|c| {
+                c.kind == CredentialKind::Postgres && c.revocation != Revocation::Confirmed && c.expires_at > now
+            }) {
+                let _ = sid;
+                return Err(busy);
+            }
+        }
+        let outstanding = self.store.outstanding_revocations().await?;
+        if outstanding.iter().any(|r| r.target == target) {
+            return Err(busy);
+        }
+        Ok(())
+    }
+
+    /// Makes attempt number `round` (1-based, within this round of retries) of a revocation job and
+    /// records its outcome. Returns the delay before the next attempt, or `None` when the job is over
+    /// (confirmed, the round spent, or the credential no longer waiting). The caller then calls
+    /// [`Revoker::done`].
+    pub async fn revoke_once(&self, job: &Job, round: u32) -> Option<std::time::Duration> {
+        let outcome = match self.provider(&job.target) {
+            Some(p) => p.shared().revoke(&job.handle).await,
+            None => Err(ProviderError::Config(format!("target `{}` no longer exists", job.target))),
+        };
+        let event = match &outcome {
+            Ok(()) => Event::RevocationConfirmed {
+                credential: job.credential.clone(),
+            },
+            Err(e) => {
+                metrics::counter!(m::REVOCATION_FAILURES, "kind" => job.kind.as_str()).increment(1);
+                tracing::warn!(session = %job.session, credential = %job.credential, attempt = round, error = %e, "revocation failed");
+                Event::RevocationFailed {
+                    credential: job.credential.clone(),
+                    error: e.to_string(),
+                    give_up: round >= self.cfg.revocation_max_attempts,
+                }
+            }
+        };
+        let recorded = self
+            .mutate(&job.session, |_, _| Ok(vec![event]), |s| {
+                s.credentials
+                    .iter()
+                    .find(|c| c.id == job.credential)
+                    .map(|c| c.revocation)
+            })
+            .await;
+        match (&outcome, recorded) {
+            (Ok(()), Ok(_)) => {
+                metrics::counter!(m::REVOCATIONS_CONFIRMED, "kind" => job.kind.as_str()).increment(1);
+                None
+            }
+            (Err(_), Ok((_, Some(Revocation::Pending)))) => Some(crate::revoker::backoff(
+                round,
+                self.cfg.revocation_backoff_base_ms,
+                self.cfg.revocation_backoff_cap_ms,
+                providers::random_u64(),
+            )),
+            (_, Ok(_)) => None,
+            (_, Err(e)) => {
+                // Not recorded (store trouble): the row stays outstanding; the sweep retries it.
+                tracing::error!(session = %job.session, code = e.code, "recording a revocation outcome failed");
+                None
+            }
+        }
+    }
+
+    /// Queues every outstanding revocation (start-up, and each reconcile sweep). Returns how many.
+    async fn requeue_outstanding(&self) -> ApiResult<usize> {
+        let rows = self.store.outstanding_revocations().await?;
+        let n = rows.len();
+        for r in rows {
+            let (Some(session), Some(credential)) = (SessionId::parse(&r.session), CredentialId::parse(&r.credential))
+            else {
+                tracing::error!(credential = %r.credential, "unreadable revocation row");
+                continue;
+            };
+            let kind = match r.kind.as_str() {
+                "postgres" => CredentialKind::Postgres,
+                "ssh" => CredentialKind::Ssh,
+                _ => continue,
+            };
+            self.revoker.enqueue(Job {
+                session,
+                credential,
+                target: r.target,
+                kind,
+                handle: r.handle,
+            });
+        }
+        Ok(n)
+    }
+
+    /// The reconcile sweep: re-queues outstanding revocations, then asks every external target's
+    /// provider for what exists there and revokes what no live credential owns.
+    pub async fn reconcile(&self, by: &str) -> ApiResult<(Vec<Zombie>, usize)> {
+        let outstanding = self.requeue_outstanding().await?;
+        let targets: Vec<(String, TargetProvider)> = self
+            .providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, p)| !matches!(p, TargetProvider::Jwt(_)))
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        let mut zombies = Vec::new();
+        for (name, provider) in targets {
+            // Owned: live credentials, then queued revocations (read in this order, so a session
+            // ending in between is seen in one or the other).
+            let mut owned = std::collections::HashSet::new();
+            for v in self.store.live_sessions().await? {
+                if v.session.target == name {
+                    owned.extend(v.session.credentials.iter().filter(|c| c.revocation == Revocation::None).map(|c| c.handle.clone()));
+                }
+            }
+            for r in self.store.outstanding_revocations().await? {
+                if r.target == name {
+                    owned.insert(r.handle);
+                }
+            }
+            match provider.shared().reconcile(&owned).await {
+                Ok(found) => zombies.extend(found),
+                Err(e) => {
+                    tracing::warn!(target = %name, error = %e, "reconcile could not reach the target");
+                    zombies.push(Zombie {
+                        target: name.clone(),
+                        credential: String::new(),
+                        action: format!("failed: {e}"),
+                    });
+                }
+            }
+        }
+        let found: Vec<&Zombie> = zombies.iter().filter(|z| !z.credential.is_empty()).collect();
+        if !found.is_empty() {
+            let now = self.clock.now();
+            let audit = found
+                .iter()
+                .map(|z| {
+                    event(
+                        now,
+                        by,
+                        "reconcile.zombie",
+                        json!({"target": z.target, "credential": z.credential, "action": z.action}),
+                    )
+                })
+                .collect();
+            for z in &found {
+                let kind = self.target_doc(&z.target).await.map(|t| t.kind.as_str()).unwrap_or("unknown");
+                metrics::counter!(m::RECONCILE_ZOMBIES, "kind" => kind).increment(1);
+            }
+            let records = self
+                .store
+                .commit(Batch {
+                    audit,
+                    ..Default::default()
+                })
+                .await?;
+            m::audit_written(records.len());
+        }
+        Ok((zombies, outstanding))
+    }
+
+    /// `POST /v1/reconcile` (admin).
+    pub async fn reconcile_now(&self, caller: &Caller) -> ApiResult<(Vec<Zombie>, usize)> {
+        require_admin(caller)?;
+        self.reconcile(&caller.id).await
+    }
+
+    /// The current KRL of an ssh target (any principal).
+    pub async fn krl(&self, name: &str) -> ApiResult<Vec<u8>> {
+        match self.provider(name) {
+            Some(TargetProvider::Ssh(p)) => p.krl().await.map_err(provider_error),
+            Some(_) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "only ssh targets have a KRL",
+            )),
+            None => Err(ApiError::not_found("target")),
+        }
     }
 
     /// The session's audit events and the chain's state.
@@ -1564,6 +2105,23 @@ impl Service {
             .filter_map(|k| k.common.key_id.clone())
             .collect();
         Ok((kid, published))
+    }
+}
+
+/// A provider failure as an API error (the message never holds secrets).
+fn provider_error(e: ProviderError) -> ApiError {
+    match e {
+        ProviderError::Refused(m) => ApiError::invalid(m),
+        ProviderError::Unavailable(m) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "target_unavailable",
+            format!("the target system did not complete the request: {m}"),
+        ),
+        ProviderError::Config(m) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "target_misconfigured",
+            format!("the target is misconfigured: {m}"),
+        ),
     }
 }
 

@@ -9,7 +9,7 @@ mod sqlite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use stint_core::{AuditRecord, PendingAudit, Session, SessionId, State};
+use stint_core::{AuditRecord, Credential, CredentialKind, PendingAudit, Revocation, Session, SessionId, State};
 use time::OffsetDateTime;
 
 pub use sqlite::SqliteStore;
@@ -167,6 +167,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn sessions(&self, filter: &SessionFilter) -> StoreResult<Vec<Versioned>>;
     /// Every session the scheduler must watch: not final, or ended with revocations outstanding.
     async fn live_sessions(&self) -> StoreResult<Vec<Versioned>>;
+    /// The revocation outbox: external credentials whose revocation is pending or failed.
+    async fn outstanding_revocations(&self) -> StoreResult<Vec<RevocationRecord>>;
+    /// Handles of a target's credentials of `kind` whose revocation was requested and that would
+    /// otherwise still be valid at `unexpired_at` (e.g. the serials a KRL must list).
+    async fn revoked_handles(
+        &self,
+        target: &str,
+        kind: CredentialKind,
+        unexpired_at: OffsetDateTime,
+    ) -> StoreResult<Vec<String>>;
 
     /// Audit records with `seq > after_seq`, in order.
     async fn audit(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
@@ -174,6 +184,44 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn audit_for_session(&self, id: &SessionId) -> StoreResult<Vec<AuditRecord>>;
     /// Verifies the whole chain from genesis.
     async fn verify_audit(&self) -> StoreResult<stint_core::ChainVerification>;
+}
+
+/// One row of the revocation outbox (mirrors a credential of a session document).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// The credential id.
+    pub credential: String,
+    /// Its session.
+    pub session: String,
+    /// Its target.
+    pub target: String,
+    /// Its kind (wire name).
+    pub kind: String,
+    /// The provider's handle (role name, certificate serial).
+    pub handle: String,
+    /// When it would stop working by itself.
+    pub expires_at: OffsetDateTime,
+    /// `pending`, `failed` or `confirmed`.
+    pub state: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// True for credentials the outbox tracks: external kinds whose revocation was requested.
+pub fn is_outbox_entry(c: &Credential) -> bool {
+    c.kind != CredentialKind::Jwt && c.revocation != Revocation::None
+}
+
+/// The wire name of a revocation state.
+pub fn revocation_name(r: Revocation) -> &'static str {
+    match r {
+        Revocation::None => "none",
+        Revocation::Pending => "pending",
+        Revocation::Confirmed => "confirmed",
+        Revocation::Failed => "failed",
+    }
 }
 
 /// True when a session still has credentials whose revocation is not confirmed.

@@ -8,13 +8,13 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use stint_core::audit::{GENESIS_HASH, Verifier, format_time};
-use stint_core::{AuditRecord, ChainVerification, Session, SessionId};
+use stint_core::{AuditRecord, ChainVerification, CredentialKind, Session, SessionId};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    Batch, PrincipalRecord, PrincipalWrite, SessionFilter, SessionWrite, Store, StoreError, StoreResult,
-    TargetRecord, TargetWrite, Versioned, needs_revocation,
+    Batch, PrincipalRecord, PrincipalWrite, RevocationRecord, SessionFilter, SessionWrite, Store, StoreError,
+    StoreResult, TargetRecord, TargetWrite, Versioned, is_outbox_entry, needs_revocation, revocation_name,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -177,6 +177,25 @@ fn session_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Versioned> {
     })
 }
 
+const REVOCATION_COLUMNS: &str =
+    "credential, session, target, kind, handle, expires_at, state, attempts, last_error";
+
+fn revocation_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RevocationRecord> {
+    let expires: i64 = r.try_get("expires_at").map_err(backend)?;
+    let attempts: i64 = r.try_get("attempts").map_err(backend)?;
+    Ok(RevocationRecord {
+        credential: r.try_get("credential").map_err(backend)?,
+        session: r.try_get("session").map_err(backend)?,
+        target: r.try_get("target").map_err(backend)?,
+        kind: r.try_get("kind").map_err(backend)?,
+        handle: r.try_get("handle").map_err(backend)?,
+        expires_at: OffsetDateTime::from_unix_timestamp(expires).map_err(backend)?,
+        state: r.try_get("state").map_err(backend)?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        last_error: r.try_get("last_error").map_err(backend)?,
+    })
+}
+
 fn audit_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, sqlx::Error> {
     Ok(AuditRecord {
         seq: r.try_get("seq")?,
@@ -283,6 +302,31 @@ async fn write_session(tx: &mut sqlx::SqliteConnection, w: &SessionWrite) -> Sto
     .map_err(db_err)?;
     if r.rows_affected() == 0 {
         return Err(StoreError::Conflict);
+    }
+    write_revocations(tx, s).await
+}
+
+/// Mirrors the revocation state of the session's external credentials into the outbox table.
+async fn write_revocations(tx: &mut sqlx::SqliteConnection, s: &Session) -> StoreResult<()> {
+    for c in s.credentials.iter().filter(|c| is_outbox_entry(c)) {
+        sqlx::query(
+            "INSERT INTO revocations (credential, session, target, kind, handle, expires_at, state, \
+             attempts, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (credential) DO UPDATE SET state = ?7, attempts = ?8, last_error = ?9, \
+             expires_at = ?6",
+        )
+        .bind(c.id.as_str())
+        .bind(s.id.as_str())
+        .bind(&s.target)
+        .bind(c.kind.as_str())
+        .bind(&c.handle)
+        .bind(c.expires_at.unix_timestamp())
+        .bind(revocation_name(c.revocation))
+        .bind(i64::from(c.revocation_attempts))
+        .bind(c.revocation_error.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
     }
     Ok(())
 }
@@ -521,6 +565,38 @@ impl Store for SqliteStore {
         .iter()
         .map(session_row)
         .collect()
+    }
+
+    async fn outstanding_revocations(&self) -> StoreResult<Vec<RevocationRecord>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE state IN ('pending', 'failed') \
+             ORDER BY credential"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(revocation_row)
+        .collect()
+    }
+
+    async fn revoked_handles(
+        &self,
+        target: &str,
+        kind: CredentialKind,
+        unexpired_at: OffsetDateTime,
+    ) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT handle FROM revocations WHERE target = ?1 AND kind = ?2 AND expires_at > ?3 \
+             ORDER BY handle",
+        )
+        .bind(target)
+        .bind(kind.as_str())
+        .bind(unexpired_at.unix_timestamp())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.into_iter().map(|(h,)| h).collect())
     }
 
     async fn live_sessions(&self) -> StoreResult<Vec<Versioned>> {
