@@ -104,7 +104,14 @@ enum Command {
         /// Print only the access token.
         #[arg(long)]
         token_only: bool,
+        /// OpenSSH public key file (ssh targets); prints the certificate.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
     },
+    /// Run the reconcile sweep now (admin): revoke what exists in targets but no live session owns.
+    Reconcile,
+    /// SSH to a host with a certificate that lives exactly as long as the connection.
+    Ssh(SshArgs),
     /// End a session (its credentials are revoked at once).
     End {
         /// Session id.
@@ -182,12 +189,39 @@ enum TargetCmd {
         /// Approvals needed.
         #[arg(long, default_value_t = 0)]
         approvals: u32,
-        /// Token audience (default: the name).
+        /// Token audience (default: the name; jwt targets).
         #[arg(long)]
         audience: Option<String>,
+        /// jwt, postgres or ssh.
+        #[arg(long, default_value = "jwt")]
+        kind: String,
+        /// The kind's `config` as JSON (see docs/providers.md).
+        #[arg(long, conflicts_with_all = ["config_file", "audience"])]
+        config: Option<String>,
+        /// Read `config` from a JSON file (keeps an admin URL out of the process list).
+        #[arg(long, conflicts_with = "audience")]
+        config_file: Option<PathBuf>,
     },
     /// List targets.
     List,
+    /// Show one target (an ssh target shows its CA public key).
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Delete a target (its sessions end).
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Download an ssh target's KRL (for sshd's RevokedKeys).
+    Krl {
+        /// Name.
+        name: String,
+        /// Write it here (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +286,22 @@ pub struct ExecArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// `stint ssh`.
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// How long to wait for approval before giving up, e.g. 10m (default: the approval window).
+    #[arg(long)]
+    pub wait: Option<String>,
+    /// The `ssh` binary.
+    #[arg(long, default_value = "ssh")]
+    pub ssh: String,
+    /// Arguments for ssh: the host (`user@host`) and options or a remote command.
+    #[arg(last = true, required = true)]
+    pub args: Vec<String>,
 }
 
 /// Builds the JSON body of a session request.
@@ -436,9 +486,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     approver_groups,
                     approvals,
                     audience,
+                    kind,
+                    config,
+                    config_file,
                 } => {
                     let mut body = json!({
-                        "name": name, "kind": "jwt",
+                        "name": name, "kind": kind,
                         "max_ttl_s": parse_duration(&max_ttl).context("--max-ttl")?,
                         "requester_groups": requester_groups, "approver_groups": approver_groups,
                         "approvals_required": approvals,
@@ -449,11 +502,37 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     if let Some(a) = audience {
                         body["config"] = json!({"audience": a});
                     }
+                    let config_text = match (config, config_file) {
+                        (Some(t), _) => Some(t),
+                        (None, Some(p)) => Some(
+                            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+                        ),
+                        (None, None) => None,
+                    };
+                    if let Some(t) = config_text {
+                        // Never echo the text: it may hold an admin URL.
+                        body["config"] = serde_json::from_str(&t)
+                            .map_err(|_| anyhow::anyhow!("--config/--config-file must hold a JSON object"))?;
+                    }
                     let v = c.post("/v1/targets", body).await?;
                     if cli.json {
                         print_json(&v)
                     } else {
                         println!("target {} created", s(&v["name"]))
+                    }
+                }
+                TargetCmd::Show { name } => print_json(&c.get(&format!("/v1/targets/{name}")).await?),
+                TargetCmd::Delete { name } => {
+                    c.delete(&format!("/v1/targets/{name}")).await?;
+                    if !cli.json {
+                        println!("target {name} deleted");
+                    }
+                }
+                TargetCmd::Krl { name, out } => {
+                    let bytes = c.get_bytes(&format!("/v1/targets/{name}/krl")).await?;
+                    match out {
+                        Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?,
+                        None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
                     }
                 }
                 TargetCmd::List => {
@@ -522,16 +601,45 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let v = client()?.get(&format!("/v1/sessions/{id}")).await?;
             print_session(&v, cli.json);
         }
-        Command::Creds { id, token_only } => {
+        Command::Creds {
+            id,
+            token_only,
+            public_key,
+        } => {
+            let body = match public_key {
+                Some(p) => json!({"public_key": std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .trim()}),
+                None => json!({}),
+            };
             let v = client()?
-                .post(&format!("/v1/sessions/{id}/credentials"), json!({}))
+                .post(&format!("/v1/sessions/{id}/credentials"), body)
                 .await?;
             if token_only {
                 println!("{}", s(&v["access_token"]))
+            } else if v["kind"] == "ssh" && !cli.json {
+                println!("{}", s(&v["certificate"]))
             } else {
                 print_json(&v)
             }
         }
+        Command::Reconcile => {
+            let v = client()?.post("/v1/reconcile", json!({})).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                let zombies = v["zombies"].as_array().cloned().unwrap_or_default();
+                for z in &zombies {
+                    println!("{}\t{}\t{}", s(&z["target"]), s(&z["credential"]), s(&z["action"]));
+                }
+                println!(
+                    "{} zombie(s); {} revocation(s) outstanding",
+                    zombies.len(),
+                    s(&v["outstanding_revocations"])
+                );
+            }
+        }
+        Command::Ssh(a) => return crate::ssh::run(client()?, a).await,
         Command::End { id } => {
             let v = client()?
                 .post(&format!("/v1/sessions/{id}/end"), json!({}))

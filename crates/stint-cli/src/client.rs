@@ -99,6 +99,29 @@ impl Client {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// GET of a binary body (e.g. a KRL).
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(self.token()?)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the stint server at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(ApiFailure {
+                status,
+                code: v["code"].as_str().unwrap_or("error").to_owned(),
+                detail: v["detail"].as_str().unwrap_or("request failed").to_owned(),
+            }
+            .into());
+        }
+        Ok(bytes.to_vec())
+    }
+
     /// DELETE.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::DELETE, path, None).await

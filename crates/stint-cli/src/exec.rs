@@ -25,11 +25,11 @@ use crate::cli::{ExecArgs, request_body};
 use crate::client::{Client, parse_duration};
 
 /// Exit code when the session was denied, expired or canceled before it started.
-const NOT_GRANTED: u8 = 77;
+pub(crate) const NOT_GRANTED: u8 = 77;
 /// Exit code when interrupted while waiting for approval.
-const INTERRUPTED: u8 = 130;
+pub(crate) const INTERRUPTED: u8 = 130;
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -47,13 +47,13 @@ fn seconds_until(v: &Value) -> Option<i64> {
     Some((t - now).whole_seconds())
 }
 
-enum Waited {
+pub(crate) enum Waited {
     Active,
     NotGranted(String),
     Interrupted,
 }
 
-async fn wait_for_approval(
+pub(crate) async fn wait_for_approval(
     c: &Client,
     id: &str,
     first: &Value,
@@ -125,8 +125,8 @@ fn write_token_file(path: &Path, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn token_dir(id: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("stint-exec-{id}"));
+pub(crate) fn private_dir(what: &str, id: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("stint-{what}-{id}"));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
 }
@@ -177,7 +177,7 @@ pub async fn run(c: Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
 
 /// Ends (or cancels) the session, retrying server errors a few times; a session that is already over
 /// is fine.
-async fn end_session(c: &Client, id: &str) {
+pub(crate) async fn end_session(c: &Client, id: &str) {
     for attempt in 0..5u64 {
         match c.post(&format!("/v1/sessions/{id}/end"), json!({})).await {
             Ok(v) => {
@@ -211,7 +211,7 @@ async fn run_child(c: &Client, id: &str, idle_s: u64, command: &[String]) -> any
         .as_str()
         .context("no access token in the answer")?
         .to_owned();
-    let dir = token_dir(id)?;
+    let dir = private_dir("exec", id)?;
     let token_file = dir.join("access_token");
     write_token_file(&token_file, &token)?;
 

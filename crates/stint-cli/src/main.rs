@@ -5,6 +5,7 @@ use clap::Parser;
 mod cli;
 mod client;
 mod exec;
+mod ssh;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

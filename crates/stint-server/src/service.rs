@@ -331,6 +331,21 @@ impl Service {
         }
         // The outbox: every revocation not yet confirmed (also those of sessions ended just now).
         let outstanding = self.requeue_outstanding().await?;
+        let ssh: Vec<_> = self
+            .providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|p| match p {
+                TargetProvider::Ssh(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        for p in ssh {
+            if let Err(e) = p.publish().await {
+                tracing::warn!(error = %e, "rewriting a KRL at start failed");
+            }
+        }
         self.ready.store(true, Ordering::Release);
         tracing::info!(
             ended_while_down = ended,
@@ -927,6 +942,12 @@ impl Service {
                 ..Default::default()
             })
             .await?;
+        if let TargetProvider::Ssh(p) = &provider
+            && let Err(e) = p.publish().await
+        {
+            // The target exists; its host must get a KRL before it trusts the CA.
+            tracing::warn!(target = %doc.name, error = %e, "writing the first KRL failed");
+        }
         self.set_provider(&doc.name, Some(provider));
         self.cache_target(Some(doc.clone()), &doc.name);
         Ok(doc)

@@ -718,13 +718,22 @@ async fn wrong_types_missing_and_unknown_fields_are_422() {
             "invalid_request",
         );
     }
-    bad(
-        Who::Admin,
-        Method::POST,
-        "/v1/targets",
-        t(json!({"kind": "postgres"})),
-        "unsupported_target_kind",
-    );
+    // External kinds validate their own `config` (no admin URL, no principals).
+    for extra in [
+        json!({"kind": "postgres"}),
+        json!({"kind": "postgres", "config": {"admin_url": "postgres://u:p@h/db", "mode": "sideways"}}),
+        json!({"kind": "ssh"}),
+        json!({"kind": "ssh", "config": {"principals": ["root"], "krl_path": "relative.krl"}}),
+        json!({"kind": "ssh", "config": {"principals": ["root"], "extensions": ["permit-everything"]}}),
+    ] {
+        bad(
+            Who::Admin,
+            Method::POST,
+            "/v1/targets",
+            t(extra),
+            "invalid_request",
+        );
+    }
     for body in [
         json!({"max_ttl_s": 0}),
         json!({"max_ttl_s": 316_224_001}),

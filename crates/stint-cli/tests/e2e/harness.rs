@@ -31,6 +31,8 @@ pub struct Server {
     pub admin: String,
     /// The data dir (kept across restarts).
     pub dir: PathBuf,
+    /// Extra environment (kept across restarts).
+    pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -87,6 +89,7 @@ impl Server {
             addr,
             admin: admin.to_owned(),
             dir: dir.to_owned(),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             _tmp: None,
         }
     }
@@ -126,7 +129,8 @@ impl Server {
     /// Restarts on the same data dir (after kill9/terminate), without waiting for readiness.
     pub fn restart(&mut self) {
         let tmp = self._tmp.take();
-        let mut next = Self::spawn(&self.dir, &self.admin, &[]);
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut next = Self::spawn(&self.dir, &self.admin, &env);
         next._tmp = tmp;
         std::mem::swap(self, &mut next);
     }

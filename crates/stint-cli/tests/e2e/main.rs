@@ -7,4 +7,7 @@ mod cli;
 mod crash;
 mod flows;
 mod harness;
+mod pg;
 mod smoke;
+mod ssh;
+mod sshd;

@@ -196,7 +196,7 @@ impl SshProvider {
 
     /// Rebuilds the KRL and writes it to `krl_path` (atomically). Returns the serials it lists and
     /// whether the file on disk was missing any of them.
-    async fn publish(&self) -> Result<(Vec<u64>, Vec<u64>), ProviderError> {
+    pub async fn publish(&self) -> Result<(Vec<u64>, Vec<u64>), ProviderError> {
         let _g = self.krl_lock.lock().await;
         let serials = self.revoked_serials().await?;
         let Some(path) = &self.cfg.krl_path else {
@@ -300,10 +300,10 @@ impl Provider for SshProvider {
         let serial: u64 = handle
             .parse()
             .map_err(|_| ProviderError::Config(format!("`{handle}` is not a certificate serial")))?;
+        // The ledger row was committed before this job ran, so the KRL written now lists the serial
+        // (unless the certificate already expired, which is dead too).
         let (serials, _) = self.publish().await?;
-        // The ledger row was committed before this job ran; a serial missing here means the
-        // certificate already expired (nothing to list), which is dead too.
-        let _ = serials.contains(&serial);
+        tracing::debug!(target = %self.target, serial, listed = serials.contains(&serial), "KRL published");
         Ok(())
     }
 
