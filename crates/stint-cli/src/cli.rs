@@ -505,7 +505,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let config_text = match (config, config_file) {
                         (Some(t), _) => Some(t),
                         (None, Some(p)) => Some(
-                            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+                            std::fs::read_to_string(&p)
+                                .with_context(|| format!("reading {}", p.display()))?,
                         ),
                         (None, None) => None,
                     };
@@ -531,7 +532,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 TargetCmd::Krl { name, out } => {
                     let bytes = c.get_bytes(&format!("/v1/targets/{name}/krl")).await?;
                     match out {
-                        Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?,
+                        Some(p) => {
+                            std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?
+                        }
                         None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
                     }
                 }
@@ -630,7 +633,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 let zombies = v["zombies"].as_array().cloned().unwrap_or_default();
                 for z in &zombies {
-                    println!("{}\t{}\t{}", s(&z["target"]), s(&z["credential"]), s(&z["action"]));
+                    println!(
+                        "{}\t{}\t{}",
+                        s(&z["target"]),
+                        s(&z["credential"]),
+                        s(&z["action"])
+                    );
                 }
                 println!(
                     "{} zombie(s); {} revocation(s) outstanding",

@@ -22,7 +22,12 @@ pub async fn run(c: Client, a: SshArgs) -> anyhow::Result<ExitCode> {
         .binding
         .clone()
         .unwrap_or_else(|| format!("process:pid-{}@{}", std::process::id(), hostname()));
-    let give_up = a.wait.as_deref().map(parse_duration).transpose().context("--wait")?;
+    let give_up = a
+        .wait
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .context("--wait")?;
     let body = request_body(&a.session, Some(&binding), None, None, None)?;
     let session = c.post("/v1/sessions", body).await?;
     let id = session["id"]

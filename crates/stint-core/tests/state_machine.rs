@@ -1082,7 +1082,10 @@ fn failed_revocation_is_recorded_for_retry() {
     // A failed attempt with retries left stays pending, with its error and attempt count.
     assert_eq!(cred(&s, 1).revocation, Revocation::Pending);
     assert_eq!(cred(&s, 1).revocation_attempts, 1);
-    assert_eq!(cred(&s, 1).revocation_error.as_deref(), Some("connection refused"));
+    assert_eq!(
+        cred(&s, 1).revocation_error.as_deref(),
+        Some("connection refused")
+    );
     assert_eq!(cred(&s, 1).revoked_at, None);
     assert_eq!(actions(&fx), ["credential.revocation_failed"]);
     assert_eq!(s.state, State::Ended);
@@ -1534,6 +1537,8 @@ fn without_revocation_progress(s: &Session) -> Session {
     for c in &mut s.credentials {
         c.revocation = Revocation::None;
         c.revoked_at = None;
+        c.revocation_attempts = 0;
+        c.revocation_error = None;
     }
     s
 }
@@ -1595,6 +1600,24 @@ fn check_step(
     after: &Session,
     fx: &[Effect],
 ) -> Result<(), TestCaseError> {
+    // (r) Revocation only moves forward: a confirmed credential stays confirmed, a requested one is
+    // never un-requested, and attempts only grow.
+    for b in &before.credentials {
+        let a = after.credentials.iter().find(|c| c.id == b.id);
+        prop_assert!(a.is_some(), "credential {} vanished", b.id);
+        let a = a.expect("checked");
+        prop_assert!(
+            a.revocation_attempts >= b.revocation_attempts,
+            "attempts went down: {:?}",
+            event
+        );
+        if b.revocation == Revocation::Confirmed {
+            prop_assert_eq!(a.revocation, Revocation::Confirmed, "un-confirmed by {:?}", event);
+        }
+        if b.revocation != Revocation::None {
+            prop_assert!(a.revocation != Revocation::None, "un-requested by {:?}", event);
+        }
+    }
     // (c) A final state is final: nothing but revocation progress changes any more.
     if before.state.is_final() {
         prop_assert_eq!(

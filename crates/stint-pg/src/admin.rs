@@ -24,6 +24,9 @@ const CLIENT_GRACE: Duration = Duration::from_secs(2);
 /// were signalled but have not exited yet.
 const BACKEND_POLL: Duration = Duration::from_millis(20);
 
+/// The first key of the advisory locks [`lock_role`] takes (`stnt` in ASCII).
+const ROLE_LOCK_CLASS: i32 = 0x7374_6e74;
+
 /// The `application_name` of admin connections, as `pg_stat_activity` shows it.
 const APPLICATION_NAME: &str = "stint";
 
@@ -167,6 +170,7 @@ impl PgAdmin {
         );
         self.bounded("create role", async {
             let mut tx = self.pool.begin().await?;
+            lock_role(&mut tx, role).await?;
             execute(&mut *tx, create).await?;
             for grant in &grants_q {
                 execute(&mut *tx, format!("GRANT {grant} TO {role_q}")).await?;
@@ -189,7 +193,9 @@ impl PgAdmin {
     /// 4. confirms from `pg_roles` that the role is gone and from `pg_stat_activity` that none of its
     ///    backends remain.
     ///
-    /// A role that does not exist is `Ok`: it is already revoked.
+    /// A role that does not exist is `Ok`: it is already revoked. Steps 1 and 3 hold a per-role
+    /// advisory lock, so concurrent revocations of one role (by other stint instances too) do not
+    /// collide; every one of them returns `Ok`.
     ///
     /// Step 3 acts in the admin connection's database only. Objects the role owns in other databases
     /// make `DROP ROLE` fail (`PgError::Sql` with code `2BP01`); the role then still exists but cannot
@@ -208,7 +214,10 @@ impl PgAdmin {
         };
         let nologin = self
             .bounded("alter role nologin", async {
-                execute(&self.pool, format!("ALTER ROLE {role_q} NOLOGIN")).await?;
+                let mut tx = self.pool.begin().await?;
+                lock_role(&mut tx, role).await?;
+                execute(&mut *tx, format!("ALTER ROLE {role_q} NOLOGIN")).await?;
+                tx.commit().await?;
                 Ok(())
             })
             .await;
@@ -220,6 +229,7 @@ impl PgAdmin {
         let dropped = self
             .bounded("drop role", async {
                 let mut tx = self.pool.begin().await?;
+                lock_role(&mut tx, role).await?;
                 execute(&mut *tx, format!("REASSIGN OWNED BY {role_q} TO CURRENT_USER")).await?;
                 execute(&mut *tx, format!("DROP OWNED BY {role_q}")).await?;
                 execute(&mut *tx, format!("DROP ROLE IF EXISTS {role_q}")).await?;
@@ -260,7 +270,10 @@ impl PgAdmin {
         }
         let result = self
             .bounded("alter role password", async {
-                execute(&self.pool, sql).await?;
+                let mut tx = self.pool.begin().await?;
+                lock_role(&mut tx, account).await?;
+                execute(&mut *tx, sql).await?;
+                tx.commit().await?;
                 Ok(())
             })
             .await;
@@ -427,6 +440,19 @@ impl PgAdmin {
             )))
         })
     }
+}
+
+/// Serializes this crate's DDL on one role (across threads and processes) until the transaction ends:
+/// PostgreSQL takes no lock on a role for `ALTER ROLE`/`DROP ROLE`, so two revocations racing on one
+/// role otherwise fail with `tuple concurrently updated`. Unrelated roles whose names hash alike merely
+/// wait for each other.
+async fn lock_role(tx: &mut sqlx::PgTransaction<'_>, role: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(ROLE_LOCK_CLASS)
+        .bind(role)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Runs one statement built from quoted identifiers and literals, over the simple query protocol (no

@@ -370,7 +370,8 @@ async fn shared_terminate_backends_ends_every_session_but_keeps_the_role() {
 #[tokio::test]
 async fn shared_concurrent_drops_of_one_role_both_succeed() {
     on_shared(|s| async move {
-        for n in 0..5 {
+        let other = admin(&s.url, &PgOptions::default());
+        for n in 0..10 {
             let role = role_name(&s.prefix, 100 + n);
             let pw = generate_password();
             s.admin
@@ -378,10 +379,15 @@ async fn shared_concurrent_drops_of_one_role_both_succeed() {
                 .await
                 .unwrap();
             let _session = login(&s.url, &role, pw.expose_secret()).await.unwrap();
-            let other = admin(&s.url, &PgOptions::default());
-            let (a, b) = tokio::join!(s.admin.drop_role(&role), other.drop_role(&role));
+            // Two instances, and two calls on one instance's pool.
+            let (a, b, c) = tokio::join!(
+                s.admin.drop_role(&role),
+                other.drop_role(&role),
+                other.drop_role(&role)
+            );
             a.unwrap();
             b.unwrap();
+            c.unwrap();
             assert!(!s.admin.role_exists(&role).await.unwrap());
         }
     })

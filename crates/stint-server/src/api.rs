@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use stint_proto::{
     ApiKey, ApproveRequest, AuditEvent, AuditVerification, CreatePrincipal, CreateSession, CreateTarget,
-    DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection, IssuedCredential, KeyRotated, List,
-    Principal, PrincipalCreated, PrincipalKind, Problem, ReconcileReport, SessionView, Target,
+    DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection, IssuedCredential, KeyRotated,
+    List, Principal, PrincipalCreated, PrincipalKind, Problem, ReconcileReport, SessionView, Target,
 };
 use stint_store::{PrincipalRecord, SessionFilter};
 use utoipa::OpenApi;
@@ -512,13 +512,20 @@ async fn target_krl(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> ApiResult<impl axum::response::IntoResponse> {
     let krl = svc.krl(&name).await?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], krl))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        krl,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/reconcile", tag = "targets",
     responses((status = 200, body = ReconcileReport), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("api_key" = [])))]
-async fn reconcile(State(svc): Svc, Auth(c): Auth, OptionalBody(_b): OptionalBody<EmptyBody>) -> ApiResult<Json<ReconcileReport>> {
+async fn reconcile(
+    State(svc): Svc,
+    Auth(c): Auth,
+    OptionalBody(_b): OptionalBody<EmptyBody>,
+) -> ApiResult<Json<ReconcileReport>> {
     let (zombies, outstanding) = svc.reconcile_now(&c).await?;
     Ok(Json(ReconcileReport {
         zombies,

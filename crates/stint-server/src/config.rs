@@ -122,8 +122,12 @@ impl Config {
         if self.revocation_max_attempts == 0 || self.revocation_max_attempts > 100 {
             anyhow::bail!("revocation_max_attempts must be between 1 and 100");
         }
-        if self.revocation_backoff_base_ms == 0 || self.revocation_backoff_cap_ms < self.revocation_backoff_base_ms {
-            anyhow::bail!("revocation_backoff_base_ms must be at least 1 and at most revocation_backoff_cap_ms");
+        if self.revocation_backoff_base_ms == 0
+            || self.revocation_backoff_cap_ms < self.revocation_backoff_base_ms
+        {
+            anyhow::bail!(
+                "revocation_backoff_base_ms must be at least 1 and at most revocation_backoff_cap_ms"
+            );
         }
         if !(100..=600_000).contains(&self.target_connect_timeout_ms) {
             anyhow::bail!("target_connect_timeout_ms must be between 100 and 600000");

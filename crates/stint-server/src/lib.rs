@@ -171,7 +171,9 @@ async fn revocation_loop(svc: Arc<Service>) {
             // A permit is held only while talking to the target, never while backing off.
             let mut round = 1;
             loop {
-                let Ok(permit) = permits.acquire().await else { break };
+                let Ok(permit) = permits.acquire().await else {
+                    break;
+                };
                 let next = svc.revoke_once(&job, round).await;
                 drop(permit);
                 match next {

@@ -111,7 +111,9 @@ mod tests {
             assert!(huge <= 60_000);
         }
         // The jitter really varies.
-        let spread: HashSet<u128> = (0..50).map(|r| backoff(3, 100, 10_000, r * 7919).as_millis()).collect();
+        let spread: HashSet<u128> = (0..50)
+            .map(|r| backoff(3, 100, 10_000, r * 7919).as_millis())
+            .collect();
         assert!(spread.len() > 10);
     }
 

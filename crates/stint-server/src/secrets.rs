@@ -26,7 +26,9 @@ pub struct Kek {
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kek").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("Kek")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,7 +142,10 @@ mod tests {
         assert!(check_permissions(&dir.path().join("master.key")));
         let sealed = kek.seal("db-prod", b"postgres://admin:pw@db/prod").expect("seal");
         assert!(!sealed.contains("pw@"), "ciphertext must not show the secret");
-        assert_eq!(&*kek.open("db-prod", &sealed).expect("open"), b"postgres://admin:pw@db/prod");
+        assert_eq!(
+            &*kek.open("db-prod", &sealed).expect("open"),
+            b"postgres://admin:pw@db/prod"
+        );
         assert!(kek.open("db-other", &sealed).is_err(), "bound to its owner");
         // The same key file opens it again after a restart; another key does not.
         let again = Kek::load(dir.path(), None).expect("reload");
@@ -151,7 +156,10 @@ mod tests {
         let mut bad = sealed.clone().into_bytes();
         let last = bad.len() - 2;
         bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
-        assert!(kek.open("db-prod", &String::from_utf8(bad).expect("utf8")).is_err());
+        assert!(
+            kek.open("db-prod", &String::from_utf8(bad).expect("utf8"))
+                .is_err()
+        );
         assert!(format!("{kek:?}").contains("master.key"));
     }
 

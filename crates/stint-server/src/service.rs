@@ -23,17 +23,17 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::Config;
-use crate::providers::{
-    self, IssueRequest, Prepared, ProviderError, Secret, TargetProvider, TargetSecrets, Zombie,
-};
-use crate::revoker::{Job, Revoker};
-use crate::secrets::Kek;
 use crate::directory::{Directory, key_hash, new_api_key};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::KeyRing;
 use crate::live::{LiveIndex, TokenEntry, TokenHash, Usage, handle_to_hash};
 use crate::metrics as m;
+use crate::providers::{
+    self, IssueRequest, Prepared, ProviderError, Secret, TargetProvider, TargetSecrets, Zombie,
+};
+use crate::revoker::{Job, Revoker};
 use crate::scheduler::Scheduler;
+use crate::secrets::Kek;
 
 /// Lock stripes serializing changes to one session on this node.
 const STRIPES: usize = 256;
@@ -285,8 +285,9 @@ impl Service {
                         let plain = self.kek.open(&r.name, blob).map_err(|e| {
                             anyhow::anyhow!("target `{}`: {e} (is STINT_MASTER_KEY/master.key the one it was created with?)", r.name)
                         })?;
-                        serde_json::from_slice::<TargetSecrets>(&plain)
-                            .map_err(|_| anyhow::anyhow!("target `{}`: its sealed secrets are unreadable", r.name))?
+                        serde_json::from_slice::<TargetSecrets>(&plain).map_err(|_| {
+                            anyhow::anyhow!("target `{}`: its sealed secrets are unreadable", r.name)
+                        })?
                     }
                     None => TargetSecrets::default(),
                 };
@@ -916,8 +917,13 @@ impl Service {
         let sealed = match (&secrets.admin_url, &secrets.ca_private_key) {
             (None, None) => None,
             _ => {
-                let plain = zeroize::Zeroizing::new(serde_json::to_vec(&secrets).map_err(|_| ApiError::internal())?);
-                Some(self.kek.seal(&doc.name, &plain).map_err(|_| ApiError::internal())?)
+                let plain =
+                    zeroize::Zeroizing::new(serde_json::to_vec(&secrets).map_err(|_| ApiError::internal())?);
+                Some(
+                    self.kek
+                        .seal(&doc.name, &plain)
+                        .map_err(|_| ApiError::internal())?,
+                )
             }
         };
         let text = serde_json::to_string(&StoredTarget {
@@ -1011,7 +1017,11 @@ impl Service {
     }
 
     /// Builds a target's provider from its document and opened secrets.
-    fn build_provider(&self, doc: &TargetDoc, secrets: &TargetSecrets) -> Result<TargetProvider, ProviderError> {
+    fn build_provider(
+        &self,
+        doc: &TargetDoc,
+        secrets: &TargetSecrets,
+    ) -> Result<TargetProvider, ProviderError> {
         match doc.kind {
             TargetKind::Jwt => Ok(TargetProvider::Jwt(self.jwt.clone())),
             TargetKind::Postgres => {
@@ -1036,7 +1046,8 @@ impl Service {
                     .ca_private_key
                     .as_deref()
                     .ok_or_else(|| ProviderError::Config("no CA key".into()))?;
-                let ca = stint_ssh::UserCa::from_openssh(pem).map_err(|e| ProviderError::Config(e.to_string()))?;
+                let ca =
+                    stint_ssh::UserCa::from_openssh(pem).map_err(|e| ProviderError::Config(e.to_string()))?;
                 Ok(TargetProvider::Ssh(Arc::new(providers::ssh::SshProvider::new(
                     &doc.name,
                     cfg,
@@ -1128,9 +1139,11 @@ impl Service {
         let now = self.clock.now();
         // Keep the sealed part as it is stored.
         let sealed = match self.store.target(name).await? {
-            Some(r) => serde_json::from_str::<StoredTarget>(&r.doc)
-                .map_err(|_| ApiError::internal())?
-                .sealed,
+            Some(r) => {
+                serde_json::from_str::<StoredTarget>(&r.doc)
+                    .map_err(|_| ApiError::internal())?
+                    .sealed
+            }
             None => return Err(ApiError::not_found("target")),
         };
         let text = serde_json::to_string(&StoredTarget {
@@ -1700,7 +1713,9 @@ impl Service {
             TargetProvider::Jwt(_) => return Err(ApiError::internal()),
         };
         if kind == CredentialKind::Ssh && public_key.is_none() {
-            return Err(ApiError::invalid("an ssh credential needs `public_key` (OpenSSH format)"));
+            return Err(ApiError::invalid(
+                "an ssh credential needs `public_key` (OpenSSH format)",
+            ));
         }
         if kind != CredentialKind::Ssh && public_key.is_some() {
             return Err(ApiError::invalid("`public_key` is only accepted for ssh targets"));
@@ -1750,7 +1765,8 @@ impl Service {
             };
             let (next, fx) = s.apply(undo, now)?;
             let current = self.store.session(&sid).await?.ok_or_else(ApiError::internal)?;
-            self.finish(&current.session, current.version, next, fx, now).await?;
+            self.finish(&current.session, current.version, next, fx, now)
+                .await?;
             return Err(provider_error(e));
         }
         metrics::counter!(m::CREDENTIALS_ISSUED, "kind" => kind.as_str()).increment(1);
@@ -1777,7 +1793,9 @@ impl Service {
             .await?;
         for h in holders {
             if h.session.credentials.iter().any(|c| {
-                c.kind == CredentialKind::Postgres && c.revocation != Revocation::Confirmed && c.expires_at > now
+                c.kind == CredentialKind::Postgres
+                    && c.revocation != Revocation::Confirmed
+                    && c.expires_at > now
             }) {
                 let _ = sid;
                 return Err(busy);
@@ -1797,7 +1815,10 @@ impl Service {
     pub async fn revoke_once(&self, job: &Job, round: u32) -> Option<std::time::Duration> {
         let outcome = match self.provider(&job.target) {
             Some(p) => p.shared().revoke(&job.handle).await,
-            None => Err(ProviderError::Config(format!("target `{}` no longer exists", job.target))),
+            None => Err(ProviderError::Config(format!(
+                "target `{}` no longer exists",
+                job.target
+            ))),
         };
         let event = match &outcome {
             Ok(()) => Event::RevocationConfirmed {
@@ -1814,12 +1835,16 @@ impl Service {
             }
         };
         let recorded = self
-            .mutate(&job.session, |_, _| Ok(vec![event]), |s| {
-                s.credentials
-                    .iter()
-                    .find(|c| c.id == job.credential)
-                    .map(|c| c.revocation)
-            })
+            .mutate(
+                &job.session,
+                |_, _| Ok(vec![event]),
+                |s| {
+                    s.credentials
+                        .iter()
+                        .find(|c| c.id == job.credential)
+                        .map(|c| c.revocation)
+                },
+            )
             .await;
         match (&outcome, recorded) {
             (Ok(()), Ok(_)) => {
@@ -1846,7 +1871,8 @@ impl Service {
         let rows = self.store.outstanding_revocations().await?;
         let n = rows.len();
         for r in rows {
-            let (Some(session), Some(credential)) = (SessionId::parse(&r.session), CredentialId::parse(&r.credential))
+            let (Some(session), Some(credential)) =
+                (SessionId::parse(&r.session), CredentialId::parse(&r.credential))
             else {
                 tracing::error!(credential = %r.credential, "unreadable revocation row");
                 continue;
@@ -1886,7 +1912,13 @@ impl Service {
             let mut owned = std::collections::HashSet::new();
             for v in self.store.live_sessions().await? {
                 if v.session.target == name {
-                    owned.extend(v.session.credentials.iter().filter(|c| c.revocation == Revocation::None).map(|c| c.handle.clone()));
+                    owned.extend(
+                        v.session
+                            .credentials
+                            .iter()
+                            .filter(|c| c.revocation == Revocation::None)
+                            .map(|c| c.handle.clone()),
+                    );
                 }
             }
             for r in self.store.outstanding_revocations().await? {
@@ -1921,7 +1953,11 @@ impl Service {
                 })
                 .collect();
             for z in &found {
-                let kind = self.target_doc(&z.target).await.map(|t| t.kind.as_str()).unwrap_or("unknown");
+                let kind = self
+                    .target_doc(&z.target)
+                    .await
+                    .map(|t| t.kind.as_str())
+                    .unwrap_or("unknown");
                 metrics::counter!(m::RECONCILE_ZOMBIES, "kind" => kind).increment(1);
             }
             let records = self

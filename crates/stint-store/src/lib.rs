@@ -9,7 +9,9 @@ mod sqlite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use stint_core::{AuditRecord, Credential, CredentialKind, PendingAudit, Revocation, Session, SessionId, State};
+use stint_core::{
+    AuditRecord, Credential, CredentialKind, PendingAudit, Revocation, Session, SessionId, State,
+};
 use time::OffsetDateTime;
 
 pub use sqlite::SqliteStore;

@@ -89,7 +89,10 @@ impl Server {
             addr,
             admin: admin.to_owned(),
             dir: dir.to_owned(),
-            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             _tmp: None,
         }
     }

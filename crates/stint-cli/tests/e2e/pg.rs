@@ -48,11 +48,12 @@ impl Db {
     }
 
     async fn drop_prefixed(&mut self, prefix: &str) {
-        let roles: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)")
-            .bind(prefix)
-            .fetch_all(&mut self.admin)
-            .await
-            .unwrap_or_default();
+        let roles: Vec<String> =
+            sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)")
+                .bind(prefix)
+                .fetch_all(&mut self.admin)
+                .await
+                .unwrap_or_default();
         for r in roles {
             let _ = self
                 .admin
@@ -73,7 +74,10 @@ fn login_options(cred: &Value) -> PgConnectOptions {
 
 async fn can_login(opts: &PgConnectOptions) -> bool {
     match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(opts)).await {
-        Ok(Ok(mut c)) => sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut c).await.is_ok(),
+        Ok(Ok(mut c)) => sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&mut c)
+            .await
+            .is_ok(),
         _ => false,
     }
 }
@@ -98,7 +102,10 @@ async fn pg_target(admin: &Api, name: &str, config: Value) -> Value {
 
 async fn session(api: &Api, target: &str, ttl_s: u64) -> String {
     let (st, v) = api
-        .post("/v1/sessions", json!({"target": target, "reason": "maintenance CHG-7", "ttl_s": ttl_s}))
+        .post(
+            "/v1/sessions",
+            json!({"target": target, "reason": "maintenance CHG-7", "ttl_s": ttl_s}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["state"], "active", "{v}");
@@ -106,7 +113,9 @@ async fn session(api: &Api, target: &str, ttl_s: u64) -> String {
 }
 
 async fn credential(api: &Api, sid: &str) -> Value {
-    let (st, v) = api.post(&format!("/v1/sessions/{sid}/credentials"), json!({})).await;
+    let (st, v) = api
+        .post(&format!("/v1/sessions/{sid}/credentials"), json!({}))
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     v
 }
@@ -126,8 +135,16 @@ async fn dynamic_role_is_created_granted_and_dropped_with_its_connections_at_end
 
     let server = Server::start().await;
     let admin = server.admin();
-    let t = pg_target(&admin, "appdb", json!({"admin_url": url, "grants": [reader], "role_prefix": prefix})).await;
-    assert!(t["config"].get("admin_url").is_none(), "admin_url is write-only: {t}");
+    let t = pg_target(
+        &admin,
+        "appdb",
+        json!({"admin_url": url, "grants": [reader], "role_prefix": prefix}),
+    )
+    .await;
+    assert!(
+        t["config"].get("admin_url").is_none(),
+        "admin_url is write-only: {t}"
+    );
     assert!(!t.to_string().contains("postgres://"), "{t}");
     let svc = requester(&admin, &server, "etl").await;
     let sid = session(&svc, "appdb", 600).await;
@@ -135,11 +152,17 @@ async fn dynamic_role_is_created_granted_and_dropped_with_its_connections_at_end
     let role = cred["username"].as_str().expect("username").to_owned();
     assert!(role.starts_with(&prefix), "{cred}");
     assert_eq!(cred["kind"], "postgres");
-    assert_eq!(cred["password"].as_str().map(str::len), Some(43), "32 random bytes, base64url");
+    assert_eq!(
+        cred["password"].as_str().map(str::len),
+        Some(43),
+        "32 random bytes, base64url"
+    );
 
     // The role exists, can log in, and holds the grant.
     assert!(db.role_exists(&role).await);
-    let mut conn = PgConnection::connect_with(&login_options(&cred)).await.expect("login as the new role");
+    let mut conn = PgConnection::connect_with(&login_options(&cred))
+        .await
+        .expect("login as the new role");
     let member: bool = sqlx::query_scalar("SELECT pg_has_role(current_user, $1, 'member')")
         .bind(&reader)
         .fetch_one(&mut conn)
@@ -161,7 +184,10 @@ async fn dynamic_role_is_created_granted_and_dropped_with_its_connections_at_end
     );
     assert!(!db.role_exists(&role).await, "role dropped");
     assert!(
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut conn).await.is_err(),
+        sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&mut conn)
+            .await
+            .is_err(),
         "the open connection was terminated"
     );
     assert!(!can_login(&login_options(&cred)).await, "no new login");
@@ -172,8 +198,14 @@ async fn dynamic_role_is_created_granted_and_dropped_with_its_connections_at_end
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert!(actions.contains(&"credential.issued") && actions.contains(&"credential.revoked"), "{actions:?}");
-    assert!(!ev.to_string().contains(cred["password"].as_str().expect("pw")), "no password in evidence");
+    assert!(
+        actions.contains(&"credential.issued") && actions.contains(&"credential.revoked"),
+        "{actions:?}"
+    );
+    assert!(
+        !ev.to_string().contains(cred["password"].as_str().expect("pw")),
+        "no password in evidence"
+    );
     db.drop_prefixed(&prefix).await;
 }
 
@@ -184,7 +216,12 @@ async fn deadline_drops_the_role() {
     let mut db = Db::connect(&url).await;
     let server = Server::start().await;
     let admin = server.admin();
-    pg_target(&admin, "shortdb", json!({"admin_url": url, "role_prefix": prefix})).await;
+    pg_target(
+        &admin,
+        "shortdb",
+        json!({"admin_url": url, "role_prefix": prefix}),
+    )
+    .await;
     let svc = requester(&admin, &server, "job").await;
     let sid = session(&svc, "shortdb", 2).await;
     let cred = credential(&svc, &sid).await;
@@ -212,7 +249,10 @@ async fn reconcile_drops_roles_no_session_owns_and_keeps_live_ones() {
     pg_target(&admin, "recdb", json!({"admin_url": url, "role_prefix": prefix})).await;
     let svc = requester(&admin, &server, "svc").await;
     let sid = session(&svc, "recdb", 600).await;
-    let live = credential(&svc, &sid).await["username"].as_str().expect("u").to_owned();
+    let live = credential(&svc, &sid).await["username"]
+        .as_str()
+        .expect("u")
+        .to_owned();
     let zombie = format!("{prefix}00000000000000000000000000000bad");
     db.exec(&format!("CREATE ROLE \"{zombie}\" LOGIN")).await;
 
@@ -221,16 +261,33 @@ async fn reconcile_drops_roles_no_session_owns_and_keeps_live_ones() {
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, v) = admin.post("/v1/reconcile", json!({})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let found: Vec<&Value> = v["zombies"].as_array().expect("zombies").iter().filter(|z| z["target"] == "recdb").collect();
+    let found: Vec<&Value> = v["zombies"]
+        .as_array()
+        .expect("zombies")
+        .iter()
+        .filter(|z| z["target"] == "recdb")
+        .collect();
     assert_eq!(found.len(), 1, "{v}");
     assert_eq!(found[0]["credential"], zombie.as_str());
     assert_eq!(found[0]["action"], "dropped");
     assert!(!db.role_exists(&zombie).await, "zombie dropped");
     assert!(db.role_exists(&live).await, "the live session's role stays");
     let audit = admin.audit_all().await;
-    assert!(audit.iter().any(|e| e["action"] == "reconcile.zombie" && e["details"]["credential"] == zombie.as_str()));
-    let metrics = reqwest::get(format!("{}/metrics", server.addr)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("stint_reconcile_zombies_total"), "zombies counted");
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "reconcile.zombie" && e["details"]["credential"] == zombie.as_str())
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("stint_reconcile_zombies_total"),
+        "zombies counted"
+    );
 
     // The CLI runs the same sweep.
     let out = std::process::Command::new(crate::harness::bin())
@@ -246,29 +303,53 @@ async fn reconcile_drops_roles_no_session_owns_and_keeps_live_ones() {
 
 #[tokio::test]
 async fn passwords_and_validity_are_real_and_never_stored_or_logged_in_clear() {
-    let Some(cluster) = PrivateCluster::start() else { return };
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
     let admin_url = cluster.admin_url();
     let server = Server::start().await;
     let admin = server.admin();
-    pg_target(&admin, "scramdb", json!({"admin_url": admin_url, "role_prefix": "stint_"})).await;
+    pg_target(
+        &admin,
+        "scramdb",
+        json!({"admin_url": admin_url, "role_prefix": "stint_"}),
+    )
+    .await;
     let svc = requester(&admin, &server, "app").await;
     let sid = session(&svc, "scramdb", 600).await;
     let cred = credential(&svc, &sid).await;
     let opts = login_options(&cred);
     assert!(can_login(&opts).await, "the issued password works");
-    assert!(!can_login(&opts.clone().password("wrong-password")).await, "a wrong one does not");
+    assert!(
+        !can_login(&opts.clone().password("wrong-password")).await,
+        "a wrong one does not"
+    );
     let password = cred["password"].as_str().expect("pw").to_owned();
 
     // Neither the store nor stint's log nor PostgreSQL's statement log holds a secret in clear.
-    let admin_pw = admin_url.split(':').nth(2).and_then(|s| s.split('@').next()).expect("admin pw").to_owned();
+    let admin_pw = admin_url
+        .split(':')
+        .nth(2)
+        .and_then(|s| s.split('@').next())
+        .expect("admin pw")
+        .to_owned();
     let db_bytes = std::fs::read(server.db()).expect("db");
     let db_text = String::from_utf8_lossy(&db_bytes);
-    assert!(!db_text.contains(&admin_pw) && !db_text.contains(&password), "store holds no secret in clear");
+    assert!(
+        !db_text.contains(&admin_pw) && !db_text.contains(&password),
+        "store holds no secret in clear"
+    );
     let wal = std::fs::read(server.db().with_extension("db-wal")).unwrap_or_default();
     assert!(!String::from_utf8_lossy(&wal).contains(&admin_pw));
     let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
-    assert!(!log.contains(&admin_pw) && !log.contains(&password), "stint's log holds no secret");
-    assert!(!cluster.server_log().contains(&password), "the password never reached PostgreSQL in clear");
+    assert!(
+        !log.contains(&admin_pw) && !log.contains(&password),
+        "stint's log holds no secret"
+    );
+    assert!(
+        !cluster.server_log().contains(&password),
+        "the password never reached PostgreSQL in clear"
+    );
 
     let (st, _) = svc.post(&format!("/v1/sessions/{sid}/end"), json!({})).await;
     assert_eq!(st, StatusCode::OK);
@@ -286,31 +367,51 @@ async fn passwords_and_validity_are_real_and_never_stored_or_logged_in_clear() {
         .fetch_one(&mut db.admin)
         .await
         .expect("rolvaliduntil");
-    let expires = time::OffsetDateTime::parse(cred["expires_at"].as_str().expect("exp"), &time::format_description::well_known::Rfc3339).expect("rfc3339");
-    assert!(until.starts_with(&expires.date().to_string()), "VALID UNTIL {until} is the credential's expiry {expires}");
+    let expires = time::OffsetDateTime::parse(
+        cred["expires_at"].as_str().expect("exp"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339");
+    assert!(
+        until.starts_with(&expires.date().to_string()),
+        "VALID UNTIL {until} is the credential's expiry {expires}"
+    );
 }
 
 #[tokio::test]
 async fn checkout_mode_rotates_the_account_password_in_and_out() {
-    let Some(cluster) = PrivateCluster::start() else { return };
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
     let admin_url = cluster.admin_url();
     let mut db = Db::connect(&admin_url).await;
-    db.exec("CREATE ROLE legacy_app LOGIN PASSWORD 'original-secret'").await;
+    db.exec("CREATE ROLE legacy_app LOGIN PASSWORD 'original-secret'")
+        .await;
     let server = Server::start().await;
     let admin = server.admin();
-    pg_target(&admin, "legacy", json!({"admin_url": admin_url, "mode": "checkout", "account": "legacy_app"})).await;
+    pg_target(
+        &admin,
+        "legacy",
+        json!({"admin_url": admin_url, "mode": "checkout", "account": "legacy_app"}),
+    )
+    .await;
     let svc = requester(&admin, &server, "vendor").await;
     let sid = session(&svc, "legacy", 600).await;
     let cred = credential(&svc, &sid).await;
     assert_eq!(cred["username"], "legacy_app");
     let opts = login_options(&cred);
     assert!(can_login(&opts).await, "the checked-out password works");
-    assert!(!can_login(&opts.clone().password("original-secret")).await, "the old password died at check-out");
+    assert!(
+        !can_login(&opts.clone().password("original-secret")).await,
+        "the old password died at check-out"
+    );
 
     // One holder at a time.
     let other = requester(&admin, &server, "vendor2").await;
     let sid2 = session(&other, "legacy", 600).await;
-    let (st, v) = other.post(&format!("/v1/sessions/{sid2}/credentials"), json!({})).await;
+    let (st, v) = other
+        .post(&format!("/v1/sessions/{sid2}/credentials"), json!({}))
+        .await;
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["code"], "account_checked_out");
 
@@ -323,8 +424,17 @@ async fn checkout_mode_rotates_the_account_password_in_and_out() {
         })
         .await
     );
-    assert!(!can_login(&opts).await, "the password the session saw died with it");
-    assert!(sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut conn).await.is_err(), "its connection was ended");
+    assert!(
+        !can_login(&opts).await,
+        "the password the session saw died with it"
+    );
+    assert!(
+        sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&mut conn)
+            .await
+            .is_err(),
+        "its connection was ended"
+    );
     // Checked in: the next session can check it out.
     let cred2 = credential(&other, &sid2).await;
     assert!(can_login(&login_options(&cred2)).await);
@@ -332,11 +442,18 @@ async fn checkout_mode_rotates_the_account_password_in_and_out() {
 
 #[tokio::test]
 async fn unreachable_target_keeps_the_revocation_pending_across_a_crash_until_it_is_back() {
-    let Some(cluster) = PrivateCluster::start() else { return };
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
     let admin_url = cluster.admin_url();
     let mut server = Server::start_with(&FAST_RETRY).await;
     let admin = server.admin();
-    pg_target(&admin, "flaky", json!({"admin_url": admin_url, "role_prefix": "stint_"})).await;
+    pg_target(
+        &admin,
+        "flaky",
+        json!({"admin_url": admin_url, "role_prefix": "stint_"}),
+    )
+    .await;
     let svc = requester(&admin, &server, "ops-bot").await;
     let sid = session(&svc, "flaky", 600).await;
     let cred = credential(&svc, &sid).await;
@@ -356,10 +473,26 @@ async fn unreachable_target_keeps_the_revocation_pending_across_a_crash_until_it
         revocation_of(&svc, &sid).await
     );
     let c = revocation_of(&svc, &sid).await;
-    assert!(c["revocation_error"].as_str().is_some_and(|e| !e.is_empty() && !e.contains(&admin_url)), "{c}");
-    let metrics = reqwest::get(format!("{}/metrics", server.addr)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("stint_revocation_failures_total"), "failures counted");
-    assert!(metrics.contains("stint_revocations_pending 1"), "one pending: {metrics}");
+    assert!(
+        c["revocation_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty() && !e.contains(&admin_url)),
+        "{c}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("stint_revocation_failures_total"),
+        "failures counted"
+    );
+    assert!(
+        metrics.contains("stint_revocations_pending 1"),
+        "one pending: {metrics}"
+    );
 
     // Crash while it is pending; the target comes back; the restart finishes the job.
     server.kill9();
@@ -379,7 +512,12 @@ async fn unreachable_target_keeps_the_revocation_pending_across_a_crash_until_it
     );
     assert!(!db.role_exists(&role).await, "role dropped");
     let (_, ev) = svc.get(&format!("/v1/sessions/{sid}/evidence")).await;
-    let actions: Vec<&str> = ev["events"].as_array().expect("events").iter().filter_map(|e| e["action"].as_str()).collect();
+    let actions: Vec<&str> = ev["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
     assert!(actions.contains(&"credential.revocation_failed"), "{actions:?}");
     assert_eq!(actions.last(), Some(&"credential.revoked"), "{actions:?}");
 }
@@ -393,16 +531,31 @@ async fn postgres_targets_refuse_bad_configuration_and_stay_unchanged() {
         (json!({}), "admin_url"),
         (json!({"admin_url": "mysql://x:supersecret@h/db"}), "postgres"),
         (json!({"admin_url": "not a url supersecret"}), "admin_url"),
-        (json!({"admin_url": "postgres://u:supersecret@h/db", "bogus": 1}), "unknown field"),
-        (json!({"admin_url": "postgres://u:supersecret@h/db", "mode": "checkout"}), "account"),
-        (json!({"admin_url": "postgres://u:supersecret@h/db", "role_prefix": "X"}), "role_prefix"),
-        (json!({"admin_url": "postgres://u:supersecret@h/db", "grants": [""]}), "grants"),
+        (
+            json!({"admin_url": "postgres://u:supersecret@h/db", "bogus": 1}),
+            "unknown field",
+        ),
+        (
+            json!({"admin_url": "postgres://u:supersecret@h/db", "mode": "checkout"}),
+            "account",
+        ),
+        (
+            json!({"admin_url": "postgres://u:supersecret@h/db", "role_prefix": "X"}),
+            "role_prefix",
+        ),
+        (
+            json!({"admin_url": "postgres://u:supersecret@h/db", "grants": [""]}),
+            "grants",
+        ),
         (json!("string"), "object"),
     ] {
         let (st, v) = admin.post("/v1/targets", base(config.clone())).await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{config}: {v}");
         assert!(v.to_string().contains(needle), "{config}: {v}");
-        assert!(!v.to_string().contains("supersecret"), "errors never echo the URL: {v}");
+        assert!(
+            !v.to_string().contains("supersecret"),
+            "errors never echo the URL: {v}"
+        );
     }
     let (st, _) = admin.get("/v1/targets/bad").await;
     assert_eq!(st, StatusCode::NOT_FOUND, "nothing was created");
@@ -420,7 +573,10 @@ async fn a_target_with_live_credentials_cannot_be_deleted_and_pg_credentials_ref
     let svc = requester(&admin, &server, "svc").await;
     let sid = session(&svc, "busy", 600).await;
     let (st, v) = svc
-        .post(&format!("/v1/sessions/{sid}/credentials"), json!({"public_key": "ssh-ed25519 AAAA"}))
+        .post(
+            &format!("/v1/sessions/{sid}/credentials"),
+            json!({"public_key": "ssh-ed25519 AAAA"}),
+        )
         .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let (st, v) = admin.get("/v1/targets/busy/krl").await;

@@ -35,10 +35,19 @@ async fn setup(options: Value) -> Option<Setup> {
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{t}");
-    let ca = t["ca_public_key"].as_str().expect("ca_public_key shown").to_owned();
+    let ca = t["ca_public_key"]
+        .as_str()
+        .expect("ca_public_key shown")
+        .to_owned();
     assert!(ca.starts_with("ssh-ed25519 "), "{ca}");
-    assert!(!t.to_string().contains("PRIVATE KEY"), "the CA key is never shown");
-    assert!(krl.exists(), "an (empty) KRL is written when the target is created");
+    assert!(
+        !t.to_string().contains("PRIVATE KEY"),
+        "the CA key is never shown"
+    );
+    assert!(
+        krl.exists(),
+        "an (empty) KRL is written when the target is created"
+    );
     let sshd = Sshd::start(&sshd_path, &ca, &krl);
     let (_, key) = admin.principal("vendor", "vendor", &["vendors"]).await;
     Some(Setup {
@@ -54,7 +63,10 @@ async fn setup(options: Value) -> Option<Setup> {
 
 async fn session(api: &Api, ttl_s: u64) -> String {
     let (st, v) = api
-        .post("/v1/sessions", json!({"target": "plc-gw", "reason": "firmware update MT-9", "ttl_s": ttl_s}))
+        .post(
+            "/v1/sessions",
+            json!({"target": "plc-gw", "reason": "firmware update MT-9", "ttl_s": ttl_s}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     v["id"].as_str().expect("id").to_owned()
@@ -65,17 +77,32 @@ async fn certify(s: &Setup, sid: &str, name: &str) -> (std::path::PathBuf, std::
     let (key, public) = keygen_ed25519(s.dir.path(), name);
     let (st, v) = s
         .vendor
-        .post(&format!("/v1/sessions/{sid}/credentials"), json!({"public_key": public}))
+        .post(
+            &format!("/v1/sessions/{sid}/credentials"),
+            json!({"public_key": public}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let cert = s.dir.path().join(format!("{name}-cert.pub"));
-    std::fs::write(&cert, format!("{}\n", v["certificate"].as_str().expect("certificate"))).expect("write cert");
+    std::fs::write(
+        &cert,
+        format!("{}\n", v["certificate"].as_str().expect("certificate")),
+    )
+    .expect("write cert");
     (key, cert, v)
 }
 
 fn keygen_query(args: &[&str], file: &Path) -> String {
-    let out = Command::new("ssh-keygen").args(args).arg(file).output().expect("ssh-keygen");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    let out = Command::new("ssh-keygen")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("ssh-keygen");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[tokio::test]
@@ -89,11 +116,19 @@ async fn certificate_logs_in_while_active_and_is_refused_after_early_end() {
     // ssh-keygen verifies the CA signature and shows what we put in.
     let shown = keygen_query(&["-L", "-f"], &cert);
     assert!(shown.contains(&format!("Key ID: \"{sid}\"")), "{shown}");
-    assert!(shown.contains(&format!("Serial: {}", v["serial"].as_str().expect("serial"))), "{shown}");
+    assert!(
+        shown.contains(&format!("Serial: {}", v["serial"].as_str().expect("serial"))),
+        "{shown}"
+    );
     assert!(shown.contains("root"), "{shown}");
     assert!(shown.contains("permit-pty"), "{shown}");
 
-    assert!(s.sshd.try_login("root", &key, &cert), "login works while the session is active");
+    assert!(
+        s.sshd.try_login("root", &key, &cert),
+        "login works while the session is active"
+    );
+    let before = s.dir.path().join("before.krl");
+    std::fs::copy(&s.krl, &before).expect("keep the KRL from before the end");
 
     let (st, e) = s.vendor.post(&format!("/v1/sessions/{sid}/end"), json!({})).await;
     assert_eq!(st, StatusCode::OK, "{e}");
@@ -105,7 +140,12 @@ async fn certificate_logs_in_while_active_and_is_refused_after_early_end() {
         .await
     );
     // The KRL file and the served KRL both revoke the serial.
-    let q = Command::new("ssh-keygen").args(["-Q", "-f"]).arg(&s.krl).arg(&cert).output().expect("ssh-keygen -Q");
+    let q = Command::new("ssh-keygen")
+        .args(["-Q", "-f"])
+        .arg(&s.krl)
+        .arg(&cert)
+        .output()
+        .expect("ssh-keygen -Q");
     assert!(String::from_utf8_lossy(&q.stdout).contains("REVOKED"), "{q:?}");
     let served = reqwest::Client::new()
         .get(format!("{}/v1/targets/plc-gw/krl", s.server.addr))
@@ -120,13 +160,38 @@ async fn certificate_logs_in_while_active_and_is_refused_after_early_end() {
     );
     let served_path = s.dir.path().join("served.krl");
     std::fs::write(&served_path, served.bytes().await.expect("bytes")).expect("write");
-    let q = Command::new("ssh-keygen").args(["-Q", "-f"]).arg(&served_path).arg(&cert).output().expect("ssh-keygen -Q");
+    let q = Command::new("ssh-keygen")
+        .args(["-Q", "-f"])
+        .arg(&served_path)
+        .arg(&cert)
+        .output()
+        .expect("ssh-keygen -Q");
     assert!(String::from_utf8_lossy(&q.stdout).contains("REVOKED"), "{q:?}");
 
-    assert!(!s.sshd.try_login("root", &key, &cert), "refused after early end (KRL)");
+    assert!(
+        !s.sshd.try_login("root", &key, &cert),
+        "refused after early end (KRL)"
+    );
     let (_, ev) = s.vendor.get(&format!("/v1/sessions/{sid}/evidence")).await;
     assert!(ev.to_string().contains("credential.revoked"));
-    let _ = &s.admin;
+
+    // Someone puts an old KRL back on the host: the certificate works again. Reconcile finds it.
+    std::fs::copy(&before, &s.krl).expect("restore old krl");
+    assert!(
+        s.sshd.try_login("root", &key, &cert),
+        "the old KRL lets it in: the KRL is what stops it"
+    );
+    let (st, r) = s.admin.post("/v1/reconcile", json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(
+        r["zombies"],
+        json!([{"target": "plc-gw", "credential": v["serial"], "action": "added_to_krl"}]),
+        "{r}"
+    );
+    assert!(
+        !s.sshd.try_login("root", &key, &cert),
+        "refused again after reconcile"
+    );
 }
 
 #[tokio::test]
@@ -140,7 +205,10 @@ async fn expired_certificate_is_refused_and_validity_never_outlives_the_session(
         "certificate {v} outlives session {sess}"
     );
     tokio::time::sleep(Duration::from_millis(3200)).await;
-    assert!(!s.sshd.try_login("root", &key, &cert), "an expired certificate is refused");
+    assert!(
+        !s.sshd.try_login("root", &key, &cert),
+        "an expired certificate is refused"
+    );
 }
 
 #[tokio::test]
@@ -149,9 +217,20 @@ async fn ssh_credentials_refuse_bad_public_keys_and_keep_options() {
         return;
     };
     let sid = session(&s.vendor, 600).await;
-    for bad in [json!({}), json!({"public_key": "not a key"}), json!({"public_key": 7}), json!({"public_key": "x".repeat(20_000)})] {
-        let (st, v) = s.vendor.post(&format!("/v1/sessions/{sid}/credentials"), bad.clone()).await;
-        assert!(st == StatusCode::UNPROCESSABLE_ENTITY || st == StatusCode::BAD_REQUEST, "{bad}: {st} {v}");
+    for bad in [
+        json!({}),
+        json!({"public_key": "not a key"}),
+        json!({"public_key": 7}),
+        json!({"public_key": "x".repeat(20_000)}),
+    ] {
+        let (st, v) = s
+            .vendor
+            .post(&format!("/v1/sessions/{sid}/credentials"), bad.clone())
+            .await;
+        assert!(
+            st == StatusCode::UNPROCESSABLE_ENTITY || st == StatusCode::BAD_REQUEST,
+            "{bad}: {st} {v}"
+        );
     }
     let (_, sess) = s.vendor.get(&format!("/v1/sessions/{sid}")).await;
     assert_eq!(sess["credentials"], json!([]), "nothing was issued");
@@ -174,15 +253,43 @@ async fn ssh_credentials_refuse_bad_public_keys_and_keep_options() {
 async fn stint_ssh_wraps_the_whole_flow_and_ends_the_session_when_ssh_exits() {
     let Some(s) = setup(json!({})).await else { return };
     let out = Command::new(bin())
-        .args(["ssh", "--target", "plc-gw", "--ttl", "5m", "--reason", "update MT-10", "--"])
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-        .args(["-p", &s.sshd.port.to_string(), "root@127.0.0.1", "echo", "hello-from-plc"])
+        .args([
+            "ssh",
+            "--target",
+            "plc-gw",
+            "--ttl",
+            "5m",
+            "--reason",
+            "update MT-10",
+            "--",
+        ])
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-p",
+            &s.sshd.port.to_string(),
+            "root@127.0.0.1",
+            "echo",
+            "hello-from-plc",
+        ])
         .env("STINT_ADDR", &s.server.addr)
         .env("STINT_TOKEN", &s.vendor_key)
         .output()
         .expect("stint ssh");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout {stdout} stderr {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout {stdout} stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("hello-from-plc"), "{stdout}");
     let (_, list) = s.vendor.get("/v1/sessions?target=plc-gw").await;
     let sess = &list["items"][0];

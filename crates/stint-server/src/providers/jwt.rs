@@ -28,7 +28,9 @@ impl JwtProvider {
 impl Provider for JwtProvider {
     fn prepare(&self, _req: &IssueRequest<'_>) -> Result<Prepared, ProviderError> {
         // Tokens are signed by `Service::issue_jwt`, which holds the key ring.
-        Err(ProviderError::Config("jwt credentials are issued by the token service".into()))
+        Err(ProviderError::Config(
+            "jwt credentials are issued by the token service".into(),
+        ))
     }
 
     async fn activate(&self, _prepared: &Prepared) -> Result<(), ProviderError> {

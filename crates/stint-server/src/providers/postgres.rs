@@ -85,14 +85,15 @@ pub fn parse_config(raw: Value) -> Result<(PostgresConfig, SecretString), String
         // serde's message may quote a value; only keep its shape.
         let msg = e.to_string();
         if msg.contains("unknown field") || msg.contains("missing field") || msg.contains("unknown variant") {
-            format!("postgres `config`: {}", msg.split(" at line").next().unwrap_or("invalid"))
+            format!(
+                "postgres `config`: {}",
+                msg.split(" at line").next().unwrap_or("invalid")
+            )
         } else {
             "postgres `config` is not valid (see the API reference for its fields)".into()
         }
     })?;
-    let url = input
-        .admin_url
-        .ok_or("postgres `config.admin_url` is required")?;
+    let url = input.admin_url.ok_or("postgres `config.admin_url` is required")?;
     let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
         .map_err(|_| "postgres `config.admin_url` is not a valid postgres:// URL".to_owned())?;
     if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -104,7 +105,9 @@ pub fn parse_config(raw: Value) -> Result<(PostgresConfig, SecretString), String
     if input.grants.len() > 32 {
         return Err("at most 32 `grants`".into());
     }
-    let prefix = input.role_prefix.unwrap_or_else(|| DEFAULT_ROLE_PREFIX.to_owned());
+    let prefix = input
+        .role_prefix
+        .unwrap_or_else(|| DEFAULT_ROLE_PREFIX.to_owned());
     if prefix.len() < 3
         || prefix.len() > 24
         || !prefix

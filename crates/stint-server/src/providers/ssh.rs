@@ -74,7 +74,10 @@ const EXTENSIONS: [&str; 5] = [
 pub fn parse_config(raw: Value) -> Result<(SshConfig, UserCa), String> {
     let input: SshInput = serde_json::from_value(raw).map_err(|e| {
         let msg = e.to_string();
-        format!("ssh `config`: {}", msg.split(" at line").next().unwrap_or("invalid"))
+        format!(
+            "ssh `config`: {}",
+            msg.split(" at line").next().unwrap_or("invalid")
+        )
     })?;
     if input.principals.is_empty() || input.principals.len() > 32 {
         return Err("ssh `config.principals` must list 1 to 32 login names".into());
@@ -82,9 +85,13 @@ pub fn parse_config(raw: Value) -> Result<(SshConfig, UserCa), String> {
     for p in &input.principals {
         let ok = !p.is_empty()
             && p.len() <= 64
-            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
         if !ok {
-            return Err(format!("ssh principal `{}` is not a valid login name", p.escape_debug()));
+            return Err(format!(
+                "ssh principal `{}` is not a valid login name",
+                p.escape_debug()
+            ));
         }
     }
     if let Some(path) = &input.krl_path {
@@ -101,12 +108,14 @@ pub fn parse_config(raw: Value) -> Result<(SshConfig, UserCa), String> {
     {
         return Err("`force-command` must be 1 to 1024 characters".into());
     }
-    let extensions = input
-        .extensions
-        .unwrap_or_else(|| vec!["permit-pty".to_owned()]);
+    let extensions = input.extensions.unwrap_or_else(|| vec!["permit-pty".to_owned()]);
     for e in &extensions {
         if !EXTENSIONS.contains(&e.as_str()) {
-            return Err(format!("unknown extension `{}`; known: {}", e.escape_debug(), EXTENSIONS.join(", ")));
+            return Err(format!(
+                "unknown extension `{}`; known: {}",
+                e.escape_debug(),
+                EXTENSIONS.join(", ")
+            ));
         }
     }
     let ca = match &input.ca_private_key {
@@ -146,11 +155,22 @@ pub struct SshProvider {
     clock: Arc<dyn Clock>,
     /// Serializes KRL rebuilds and writes.
     krl_lock: tokio::sync::Mutex<()>,
+    /// Revocations asked for so far (each registered after its ledger row was committed).
+    requested: std::sync::atomic::AtomicU64,
+    /// The highest `requested` value a written KRL is known to cover: a burst of revocations shares
+    /// one rebuild instead of rewriting the file once per certificate.
+    covered: std::sync::atomic::AtomicU64,
 }
 
 impl SshProvider {
     /// Builds the provider.
-    pub fn new(target: &str, cfg: SshConfig, ca: UserCa, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        target: &str,
+        cfg: SshConfig,
+        ca: UserCa,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             target: target.to_owned(),
             cfg,
@@ -158,6 +178,8 @@ impl SshProvider {
             store,
             clock,
             krl_lock: tokio::sync::Mutex::new(()),
+            requested: std::sync::atomic::AtomicU64::new(0),
+            covered: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -198,18 +220,29 @@ impl SshProvider {
     /// whether the file on disk was missing any of them.
     pub async fn publish(&self) -> Result<(Vec<u64>, Vec<u64>), ProviderError> {
         let _g = self.krl_lock.lock().await;
+        self.publish_locked().await
+    }
+
+    async fn publish_locked(&self) -> Result<(Vec<u64>, Vec<u64>), ProviderError> {
+        use std::sync::atomic::Ordering;
+        // Every revocation registered before this read is in the store, so this KRL covers it.
+        let upto = self.requested.load(Ordering::Acquire);
         let serials = self.revoked_serials().await?;
         let Some(path) = &self.cfg.krl_path else {
+            self.covered.fetch_max(upto, Ordering::AcqRel);
             return Ok((serials, Vec::new()));
         };
         let path = PathBuf::from(path);
         let on_disk = std::fs::read(&path).ok();
         let missing: Vec<u64> = match &on_disk {
-            Some(bytes) => serials
-                .iter()
-                .copied()
-                .filter(|s| !krl_mentions(bytes, *s))
-                .collect(),
+            Some(bytes) => {
+                let ca = self.ca.public_key_blob();
+                serials
+                    .iter()
+                    .copied()
+                    .filter(|s| !stint_ssh::krl_revokes(bytes, &ca, *s).unwrap_or(false))
+                    .collect()
+            }
             None => serials.clone(),
         };
         let bytes = self.encode(&serials);
@@ -225,15 +258,9 @@ impl SshProvider {
             Ok(())
         };
         write().map_err(|e| ProviderError::Unavailable(format!("writing the KRL: {e}")))?;
+        self.covered.fetch_max(upto, Ordering::AcqRel);
         Ok((serials, missing))
     }
-}
-
-/// True when the KRL bytes list `serial` (a big-endian u64 anywhere in the serial section is a
-/// good enough check for the file we wrote; the real check is `ssh-keygen -Q` in the tests).
-fn krl_mentions(krl: &[u8], serial: u64) -> bool {
-    let needle = serial.to_be_bytes();
-    krl.windows(8).any(|w| w == needle)
 }
 
 fn unix(t: OffsetDateTime) -> u64 {
@@ -300,9 +327,15 @@ impl Provider for SshProvider {
         let serial: u64 = handle
             .parse()
             .map_err(|_| ProviderError::Config(format!("`{handle}` is not a certificate serial")))?;
-        // The ledger row was committed before this job ran, so the KRL written now lists the serial
-        // (unless the certificate already expired, which is dead too).
-        let (serials, _) = self.publish().await?;
+        use std::sync::atomic::Ordering;
+        // The ledger row was committed before this job ran, so any KRL read from the store after
+        // this registration lists the serial (unless the certificate already expired: dead too).
+        let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let _g = self.krl_lock.lock().await;
+        if self.covered.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        let (serials, _) = self.publish_locked().await?;
         tracing::debug!(target = %self.target, serial, listed = serials.contains(&serial), "KRL published");
         Ok(())
     }

@@ -208,3 +208,133 @@ async fn concurrent_commits_share_transactions_and_a_failing_batch_rolls_back_al
     assert_eq!(v.events, 116);
     assert_eq!(st.principals(None, 1000).await.unwrap().len(), 58);
 }
+
+#[tokio::test]
+async fn ending_a_session_queues_its_external_revocations_in_the_same_commit() {
+    use stint_core::{Actor, Credential, CredentialId, CredentialKind, EndReason, Event, Revocation};
+    let (_d, st) = store().await;
+    let s = session(7);
+    st.commit(Batch {
+        sessions: vec![SessionWrite {
+            session: s.clone(),
+            expected_version: None,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (s, _) = s
+        .apply(
+            Event::Approve {
+                approver: PrincipalId::from_u128(2),
+                comment: None,
+            },
+            NOW,
+        )
+        .unwrap();
+    let cred = |n: u128, kind: CredentialKind, handle: &str| Credential {
+        id: CredentialId::from_u128(n),
+        kind,
+        handle: handle.into(),
+        key_id: None,
+        issued_at: NOW,
+        expires_at: NOW + time::Duration::seconds(30),
+        revoked_at: None,
+        revocation: Revocation::None,
+        first_used_at: None,
+        revocation_attempts: 0,
+        revocation_error: None,
+    };
+    let mut s = s;
+    for c in [
+        cred(1, CredentialKind::Postgres, "stint_role1"),
+        cred(2, CredentialKind::Ssh, "4242"),
+        cred(3, CredentialKind::Jwt, "abcd"),
+    ] {
+        s = s.apply(Event::Issue { credential: c }, NOW).unwrap().0;
+    }
+    let write = |s: &Session, v: i64| Batch {
+        sessions: vec![SessionWrite {
+            session: s.clone(),
+            expected_version: Some(v),
+        }],
+        ..Default::default()
+    };
+    st.commit(write(&s, 1)).await.unwrap();
+    assert!(
+        st.outstanding_revocations().await.unwrap().is_empty(),
+        "nothing to revoke while live"
+    );
+
+    let (ended, _) = s
+        .apply(
+            Event::End {
+                by: Actor::System,
+                reason: EndReason::Completed,
+            },
+            NOW,
+        )
+        .unwrap();
+    st.commit(write(&ended, 2)).await.unwrap();
+    let rows = st.outstanding_revocations().await.unwrap();
+    let handles: Vec<&str> = rows.iter().map(|r| r.handle.as_str()).collect();
+    assert_eq!(
+        handles,
+        ["stint_role1", "4242"],
+        "external kinds only; jwt needs no job"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.state == "pending" && r.session == ended.id.as_str())
+    );
+    let serials = st.revoked_handles("api", CredentialKind::Ssh, NOW).await.unwrap();
+    assert_eq!(serials, ["4242"]);
+    let after_expiry = st
+        .revoked_handles("api", CredentialKind::Ssh, NOW + time::Duration::seconds(31))
+        .await
+        .unwrap();
+    assert!(after_expiry.is_empty(), "expired certificates need no KRL entry");
+
+    // A failure is recorded with its error and count; a confirmation takes the row off the outbox
+    // (the KRL still lists the confirmed serial until it expires).
+    let (failed, _) = ended
+        .apply(
+            Event::RevocationFailed {
+                credential: CredentialId::from_u128(1),
+                error: "connection refused".into(),
+                give_up: false,
+            },
+            NOW,
+        )
+        .unwrap();
+    st.commit(write(&failed, 3)).await.unwrap();
+    let row = st
+        .outstanding_revocations()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.handle == "stint_role1")
+        .unwrap();
+    assert_eq!(
+        (row.attempts, row.last_error.as_deref()),
+        (1, Some("connection refused"))
+    );
+    let mut done = failed;
+    for n in [1, 2] {
+        done = done
+            .apply(
+                Event::RevocationConfirmed {
+                    credential: CredentialId::from_u128(n),
+                },
+                NOW,
+            )
+            .unwrap()
+            .0;
+    }
+    st.commit(write(&done, 4)).await.unwrap();
+    assert!(st.outstanding_revocations().await.unwrap().is_empty());
+    assert_eq!(
+        st.revoked_handles("api", CredentialKind::Ssh, NOW).await.unwrap(),
+        ["4242"]
+    );
+}
