@@ -1728,7 +1728,7 @@ impl Service {
             _ => None,
         };
         if checkout.is_some() {
-            self.ensure_account_free(&session.target, &sid).await?;
+            self.ensure_account_free(&session.target).await?;
         }
         let p = provider.shared();
         let _g = self.lock(&sid).await;
@@ -1775,8 +1775,7 @@ impl Service {
     }
 
     /// Refuses a check-out while another session (or this one) still holds the account.
-    async fn ensure_account_free(&self, target: &str, sid: &SessionId) -> ApiResult<()> {
-        let now = self.clock.now();
+    async fn ensure_account_free(&self, target: &str) -> ApiResult<()> {
         let busy = ApiError::new(
             StatusCode::CONFLICT,
             "account_checked_out",
@@ -1792,12 +1791,13 @@ impl Service {
             })
             .await?;
         for h in holders {
-            if h.session.credentials.iter().any(|c| {
-                c.kind == CredentialKind::Postgres
-                    && c.revocation != Revocation::Confirmed
-                    && c.expires_at > now
-            }) {
-                let _ = sid;
+            // Held until its check-in is confirmed, even past its expiry: a later check-in must never
+            // rotate the password of the next holder.
+            if h.session
+                .credentials
+                .iter()
+                .any(|c| c.kind == CredentialKind::Postgres && c.revocation != Revocation::Confirmed)
+            {
                 return Err(busy);
             }
         }
@@ -1905,27 +1905,25 @@ impl Service {
             .filter(|(_, p)| !matches!(p, TargetProvider::Jwt(_)))
             .map(|(n, p)| (n.clone(), p.clone()))
             .collect();
+        // Owned: every live credential and every queued revocation, across all targets (two targets
+        // may share a database server and a role prefix). Read in this order, so a session ending in
+        // between is seen in one or the other; a credential being issued is in the store before it
+        // exists in the target.
+        let mut owned = std::collections::HashSet::new();
+        for v in self.store.live_sessions().await? {
+            owned.extend(
+                v.session
+                    .credentials
+                    .iter()
+                    .filter(|c| c.revocation == Revocation::None)
+                    .map(|c| c.handle.clone()),
+            );
+        }
+        for r in self.store.outstanding_revocations().await? {
+            owned.insert(r.handle);
+        }
         let mut zombies = Vec::new();
         for (name, provider) in targets {
-            // Owned: live credentials, then queued revocations (read in this order, so a session
-            // ending in between is seen in one or the other).
-            let mut owned = std::collections::HashSet::new();
-            for v in self.store.live_sessions().await? {
-                if v.session.target == name {
-                    owned.extend(
-                        v.session
-                            .credentials
-                            .iter()
-                            .filter(|c| c.revocation == Revocation::None)
-                            .map(|c| c.handle.clone()),
-                    );
-                }
-            }
-            for r in self.store.outstanding_revocations().await? {
-                if r.target == name {
-                    owned.insert(r.handle);
-                }
-            }
             match provider.shared().reconcile(&owned).await {
                 Ok(found) => zombies.extend(found),
                 Err(e) => {

@@ -286,6 +286,10 @@ impl Provider for PostgresProvider {
     }
 
     async fn reconcile(&self, owned: &HashSet<String>) -> Result<Vec<Zombie>, ProviderError> {
+        if self.cfg.mode == Mode::Checkout {
+            // It creates no roles; its one account is checked in by its own revocation.
+            return Ok(Vec::new());
+        }
         let roles = self
             .admin
             .list_roles(&self.cfg.role_prefix)
