@@ -14,6 +14,9 @@ use stint_pg::{PgAdmin, PgError, PgOptions};
 
 use super::{Activation, IssueRequest, Prepared, Provider, ProviderError, Secret, Zombie};
 
+/// Admin connections per target: role DDL waits on the server's commit, so a few run in parallel.
+const ADMIN_CONNECTIONS: u32 = 8;
+
 /// Default prefix of dynamic role names.
 pub const DEFAULT_ROLE_PREFIX: &str = "stint_";
 
@@ -179,6 +182,7 @@ impl PostgresProvider {
     ) -> Result<Self, ProviderError> {
         let opts = PgOptions {
             connect_timeout,
+            max_connections: ADMIN_CONNECTIONS,
             ..PgOptions::default()
         };
         let admin = PgAdmin::connect_lazy(admin_url, &opts).map_err(unavailable)?;
