@@ -160,8 +160,99 @@ async fn revoke_all(api: &Api, key: &str, ids: &[String]) -> Res<(f64, f64)> {
     }
 }
 
+/// OpenBao's database secrets engine doing the same work: `GET database/creds/<role>` (a new role with
+/// a password and a lease), then `PUT sys/leases/revoke` of every lease (its revocation statements
+/// drop the role). Set up by `bench/providers.sh`.
+async fn bao(n: usize, conc: usize, pg_url: &str) -> Res<()> {
+    let addr = std::env::var("BAO_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8200".into());
+    let token = std::env::var("BAO_TOKEN").unwrap_or_else(|_| "root".into());
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (http, addr, token, next) = (http.clone(), addr.clone(), token.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let t = Instant::now();
+                let v: Value = http
+                    .get(format!("{addr}/v1/database/creds/bench"))
+                    .header("X-Vault-Token", &token)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                out.push((v["lease_id"].as_str().unwrap_or_default().to_owned(), t.elapsed()));
+            }
+            Res::Ok(out)
+        }));
+    }
+    let (mut leases, mut lat) = (Vec::new(), Vec::new());
+    for t in tasks {
+        for (l, d) in t.await?? {
+            leases.push(l);
+            lat.push(d);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "bao postgres issue  {:>7.0}/s  ({} roles in {secs:.1} s, concurrency {conc}, p50 {:.1} ms, p99 {:.1} ms)",
+        leases.len() as f64 / secs,
+        leases.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+    let t0 = Instant::now();
+    let leases = Arc::new(leases);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (http, addr, token, next, leases) = (http.clone(), addr.clone(), token.clone(), next.clone(), leases.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(l) = leases.get(i) else { break };
+                http.put(format!("{addr}/v1/sys/leases/revoke"))
+                    .header("X-Vault-Token", &token)
+                    .json(&json!({"lease_id": l, "sync": true}))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            Res::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "bao postgres revoke {:>7.0}/s  ({} leases revoked synchronously in {secs:.1} s)",
+        leases.len() as f64 / secs,
+        leases.len()
+    );
+    let out = std::process::Command::new("psql")
+        .args([pg_url, "-Atc", "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, 'v-root-bench')"])
+        .output()?;
+    println!(
+        "bao postgres check  roles of the bench left in pg_roles: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Res<()> {
+    if std::env::var("BENCH_SYSTEM").is_ok_and(|s| s == "bao") {
+        let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+        let conc: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+        let pg_url =
+            std::env::var("BENCH_PG_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+        return bao(n, conc, &pg_url).await;
+    }
     let addr = std::env::var("STINT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8300".into());
     let admin = std::env::var("STINT_TOKEN")?;
     let pg_url =

@@ -1,8 +1,9 @@
 //! `stint exec`: access that lives exactly as long as the process that needs it.
 //!
 //! Requests a session, waits for approval (spinner and countdown on stderr), starts the command with
-//! `STINT_ACCESS_TOKEN`, `STINT_ACCESS_TOKEN_FILE` (kept fresh) and `STINT_SESSION_ID` — and never the
-//! caller's own API key — heartbeats while it runs, and ends the session the moment it exits, however
+//! `STINT_ACCESS_TOKEN`, `STINT_ACCESS_TOKEN_FILE` (kept fresh) and `STINT_SESSION_ID` (for a
+//! `postgres` target: `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD` of the session's role) —
+//! and never the caller's own API key — heartbeats while it runs, and ends the session the moment it exits, however
 //! it exits. Returns the command's exit code (128 + signal when a signal killed it).
 
 use std::io::Write;
@@ -207,13 +208,21 @@ async fn run_child(c: &Client, id: &str, idle_s: u64, command: &[String]) -> any
     let cred = c
         .post(&format!("/v1/sessions/{id}/credentials"), json!({}))
         .await?;
-    let token = cred["access_token"]
-        .as_str()
-        .context("no access token in the answer")?
-        .to_owned();
+    // A database login is handed over as libpq's variables; it lives as long as the session.
+    let is_pg = cred["kind"] == "postgres";
+    let token = if is_pg {
+        String::new()
+    } else {
+        cred["access_token"]
+            .as_str()
+            .context("no access token in the answer (ssh targets: use `stint ssh`)")?
+            .to_owned()
+    };
     let dir = private_dir("exec", id)?;
     let token_file = dir.join("access_token");
-    write_token_file(&token_file, &token)?;
+    if !is_pg {
+        write_token_file(&token_file, &token)?;
+    }
 
     let (program, args) = command.split_first().context("no command given")?;
     let mut cmd = tokio::process::Command::new(program);
@@ -224,11 +233,25 @@ async fn run_child(c: &Client, id: &str, idle_s: u64, command: &[String]) -> any
             cmd.env_remove(&k);
         }
     }
-    let spawned = cmd
-        .env("STINT_ACCESS_TOKEN", &token)
-        .env("STINT_ACCESS_TOKEN_FILE", &token_file)
-        .env("STINT_SESSION_ID", id)
-        .spawn();
+    if is_pg {
+        for (var, field) in [
+            ("PGHOST", "host"),
+            ("PGPORT", "port"),
+            ("PGDATABASE", "database"),
+            ("PGUSER", "username"),
+            ("PGPASSWORD", "password"),
+        ] {
+            let v = match &cred[field] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            cmd.env(var, v);
+        }
+    } else {
+        cmd.env("STINT_ACCESS_TOKEN", &token)
+            .env("STINT_ACCESS_TOKEN_FILE", &token_file);
+    }
+    let spawned = cmd.env("STINT_SESSION_ID", id).spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -270,7 +293,7 @@ async fn run_child(c: &Client, id: &str, idle_s: u64, command: &[String]) -> any
                     session_over = true;
                 }
             }
-            () = &mut refresh, if !session_over => {
+            () = &mut refresh, if !session_over && !is_pg => {
                 match c.post(&format!("/v1/sessions/{id}/credentials"), json!({})).await {
                     Ok(fresh) => {
                         if let Some(t) = fresh["access_token"].as_str() {
