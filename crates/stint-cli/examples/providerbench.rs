@@ -210,7 +210,13 @@ async fn bao(n: usize, conc: usize, pg_url: &str) -> Res<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..16 {
-        let (http, addr, token, next, leases) = (http.clone(), addr.clone(), token.clone(), next.clone(), leases.clone());
+        let (http, addr, token, next, leases) = (
+            http.clone(),
+            addr.clone(),
+            token.clone(),
+            next.clone(),
+            leases.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -235,7 +241,11 @@ async fn bao(n: usize, conc: usize, pg_url: &str) -> Res<()> {
         leases.len()
     );
     let out = std::process::Command::new("psql")
-        .args([pg_url, "-Atc", "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, 'v-root-bench')"])
+        .args([
+            pg_url,
+            "-Atc",
+            "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, 'v-root-bench')",
+        ])
         .output()?;
     println!(
         "bao postgres check  roles of the bench left in pg_roles: {}",
@@ -247,10 +257,16 @@ async fn bao(n: usize, conc: usize, pg_url: &str) -> Res<()> {
 #[tokio::main]
 async fn main() -> Res<()> {
     if std::env::var("BENCH_SYSTEM").is_ok_and(|s| s == "bao") {
-        let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
-        let conc: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
-        let pg_url =
-            std::env::var("BENCH_PG_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+        let n: usize = std::env::var("BENCH_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        let conc: usize = std::env::var("BENCH_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16);
+        let pg_url = std::env::var("BENCH_PG_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
         return bao(n, conc, &pg_url).await;
     }
     let addr = std::env::var("STINT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8300".into());

@@ -369,6 +369,8 @@ fn all_routes(e: &Env) -> Vec<(Method, String, RawBody)> {
         (Method::GET, "/v1/audit".into(), RawBody::Empty),
         (Method::GET, "/v1/audit/verify".into(), RawBody::Empty),
         (Method::POST, "/v1/keys/rotate".into(), RawBody::Empty),
+        (Method::GET, "/v1/targets/api/krl".into(), RawBody::Empty),
+        (Method::POST, "/v1/reconcile".into(), j(json!({}))),
         (
             Method::POST,
             "/oauth2/introspect".into(),
@@ -394,6 +396,7 @@ fn json_routes(e: &Env) -> Vec<(Who, Method, String)> {
         (Who::Alice, Method::POST, format!("/v1/sessions/{p}/deny")),
         (Who::Ci, Method::POST, format!("/v1/sessions/{a}/end")),
         (Who::Ci, Method::POST, format!("/v1/sessions/{a}/credentials")),
+        (Who::Admin, Method::POST, "/v1/reconcile".into()),
     ]
 }
 
@@ -1078,6 +1081,7 @@ async fn non_admins_are_forbidden_on_admin_routes() {
         (Method::GET, "/v1/audit".into(), RawBody::Empty),
         (Method::GET, "/v1/audit/verify".into(), RawBody::Empty),
         (Method::POST, "/v1/keys/rotate".into(), RawBody::Empty),
+        (Method::POST, "/v1/reconcile".into(), j(json!({}))),
     ];
     let mut cases = Vec::new();
     for who in [Who::Ci, Who::Alice, Who::Rs] {

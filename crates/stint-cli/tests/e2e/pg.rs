@@ -620,15 +620,31 @@ async fn stint_exec_hands_a_database_login_to_the_command_and_drops_it_when_it_e
     pg_target(&admin, "execdb", json!({"admin_url": url, "role_prefix": prefix})).await;
     let (_, key) = admin.principal("etl", "service", &["dbusers"]).await;
     let out = std::process::Command::new(crate::harness::bin())
-        .args(["exec", "--target", "execdb", "--ttl", "5m", "--reason", "nightly ETL", "--"])
+        .args([
+            "exec",
+            "--target",
+            "execdb",
+            "--ttl",
+            "5m",
+            "--reason",
+            "nightly ETL",
+            "--",
+        ])
         .args(["psql", "-Atc", "SELECT current_user"])
         .env("STINT_ADDR", &server.addr)
         .env("STINT_TOKEN", &key)
         .output()
         .expect("stint exec");
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with(&prefix), "psql ran as the session's role: {stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&prefix),
+        "psql ran as the session's role: {stdout}"
+    );
     let mut gone = false;
     for _ in 0..500 {
         if !db.role_exists(&stdout).await {
