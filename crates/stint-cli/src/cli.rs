@@ -110,6 +110,12 @@ enum Command {
     },
     /// Run the reconcile sweep now (admin): revoke what exists in targets but no live session owns.
     Reconcile,
+    /// Print the revocation stream live (resource servers and admins).
+    Watch {
+        /// Resume after this event id.
+        #[arg(long)]
+        after: Option<i64>,
+    },
     /// SSH to a host with a certificate that lives exactly as long as the connection.
     Ssh(SshArgs),
     /// End a session (its credentials are revoked at once).
@@ -648,6 +654,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Ssh(a) => return crate::ssh::run(client()?, a).await,
+        Command::Watch { after } => client()?.watch(after, cli.json).await?,
         Command::End { id } => {
             let v = client()?
                 .post(&format!("/v1/sessions/{id}/end"), json!({}))

@@ -122,6 +122,69 @@ impl Client {
         Ok(bytes.to_vec())
     }
 
+    /// Follows `GET /v1/events/stream` and prints each event (one line each) until the server goes away.
+    pub async fn watch(&self, after: Option<i64>, json: bool) -> anyhow::Result<()> {
+        use futures_util::StreamExt;
+        let http = reqwest::Client::builder().build()?;
+        let mut req = http
+            .get(format!("{}/v1/events/stream", self.base))
+            .bearer_auth(self.token()?);
+        if let Some(a) = after {
+            req = req.header("Last-Event-ID", a.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the stint server at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(ApiFailure {
+                status,
+                code: v["code"].as_str().unwrap_or("error").to_owned(),
+                detail: v["detail"].as_str().unwrap_or("request failed").to_owned(),
+            }
+            .into());
+        }
+        eprintln!("stint: watching the revocation stream (Ctrl-C to stop)");
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+        while let Some(chunk) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(nl) = buf.find('\n') {
+                let line: String = buf.drain(..=nl).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    if !data.is_empty() {
+                        if json {
+                            println!("{data}");
+                        } else {
+                            let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                            println!(
+                                "{id}\t{event}\t{}\t{}\treason={}\tjtis={}",
+                                v["at"].as_str().unwrap_or(""),
+                                v["sid"].as_str().unwrap_or(""),
+                                v["reason"].as_str().unwrap_or(""),
+                                v["jtis"]
+                            );
+                        }
+                    }
+                    id.clear();
+                    event.clear();
+                    data.clear();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// DELETE.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::DELETE, path, None).await

@@ -944,7 +944,20 @@ impl Session {
         self.state = State::Ended;
         self.ended_at = Some(now);
         self.end_reason = Some(reason);
-        fx.push(self.audit(now, by, "session.ended", json!({ "reason": reason })));
+        // The credentials it revokes are named, so that the event stream (and evidence) can say which
+        // tokens died with it.
+        let credentials: Vec<&CredentialId> = self
+            .credentials
+            .iter()
+            .filter(|c| c.revocation != Revocation::Confirmed)
+            .map(|c| &c.id)
+            .collect();
+        fx.push(self.audit(
+            now,
+            by,
+            "session.ended",
+            json!({ "reason": reason, "credentials": credentials }),
+        ));
         for c in &mut self.credentials {
             if c.revocation == Revocation::None {
                 c.revocation = Revocation::Pending;

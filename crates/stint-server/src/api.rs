@@ -53,6 +53,9 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/sessions/{id}/credentials", post(credentials))
         .route("/v1/targets/{name}/krl", get(target_krl))
         .route("/v1/reconcile", post(reconcile))
+        .route("/v1/events/stream", get(event_stream))
+        .route("/v1/hook-sources", post(create_hook_source).get(list_hook_sources))
+        .route("/v1/hooks/{source}", post(receive_hook))
         .route("/v1/sessions/{id}/evidence", get(evidence))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
@@ -397,6 +400,7 @@ async fn list_sessions(
                 target: q.target,
                 after: q.cursor,
                 limit,
+                binding: None,
             },
         )
         .await?;
@@ -531,6 +535,121 @@ async fn reconcile(
         zombies,
         outstanding_revocations: outstanding,
     }))
+}
+
+/// How often the stream sends a `: keep-alive` comment.
+pub const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events",
+    description = "Server-Sent Events: `session.ended` (with a signed CAEP session-revoked SET in `set`) and \
+                   `credential.revoked`, each with `sid`, `jtis`, `reason`, `at`. The SSE `id` is the audit \
+                   seq; send `Last-Event-ID` to resume. A `: connected` comment comes first, `: keep-alive` \
+                   every 10 s. Callers: resource servers and admins.",
+    params(("Last-Event-ID" = Option<i64>, Header, description = "resume after this event id")),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+              (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn event_stream(
+    State(svc): Svc,
+    Auth(c): Auth,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<axum::response::sse::Sse<impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>>
+{
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    Service::may_watch(&c)?;
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::invalid("`Last-Event-ID` must be a non-negative integer"))?,
+        ),
+    };
+    let rx = svc.events.subscribe();
+    // Without Last-Event-ID: only what happens from now on.
+    let cursor = match resume {
+        Some(n) => n,
+        None => svc.store.audit_head().await.map_err(ApiError::from)?,
+    };
+    let state = (svc, rx, cursor, std::collections::VecDeque::<Event>::new(), true);
+    let stream = futures_util::stream::unfold(state, |(svc, mut rx, mut cursor, mut queue, first)| async move {
+        if first {
+            let hello = Event::default().comment("connected");
+            return Some((Ok(hello), (svc, rx, cursor, queue, false)));
+        }
+        loop {
+            if let Some(e) = queue.pop_front() {
+                return Some((Ok(e), (svc, rx, cursor, queue, false)));
+            }
+            match svc.events_after(cursor, 500).await {
+                Ok((events, next)) if next > cursor => {
+                    cursor = next;
+                    for ev in events {
+                        let data = ev.data.to_string();
+                        queue.push_back(Event::default().id(ev.id.to_string()).event(ev.kind).data(data));
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(code = e.code, "event stream: reading the audit log failed"),
+            }
+            // Nothing new: wait for the next commit (or the server shutting down).
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(STREAM_KEEPALIVE).text("keep-alive")))
+}
+
+#[utoipa::path(post, path = "/v1/hook-sources", tag = "events", request_body = crate::hooks::CreateHookSource,
+    responses((status = 201, body = crate::hooks::HookSourceView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn create_hook_source(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Body(b): Body<crate::hooks::CreateHookSource>,
+) -> ApiResult<(StatusCode, Json<crate::hooks::HookSourceView>)> {
+    Ok((StatusCode::CREATED, Json(svc.create_hook_source(&c, b).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/hook-sources", tag = "events",
+    responses((status = 200, body = List<crate::hooks::HookSourceView>), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn list_hook_sources(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<List<crate::hooks::HookSourceView>>> {
+    Ok(Json(List {
+        items: svc.hook_sources(&c)?,
+        next_cursor: None,
+    }))
+}
+
+/// `POST /v1/hooks/{source}` answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct HookAnswer {
+    /// Sessions the event ended or canceled (empty for a replayed or non-closing event).
+    pub ended: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/v1/hooks/{source}", tag = "events",
+    description = "An external system reports that an activity changed state. Authenticated by an HMAC-SHA256 \
+                   signature of the raw body with the source's secret (`X-Stint-Signature: sha256=<hex>`; GitHub \
+                   sources: `X-Hub-Signature-256`), `X-Stint-Timestamp` (Unix seconds, within the tolerance) and \
+                   an event id (`X-Stint-Event-Id` or `X-GitHub-Delivery`) for idempotency.",
+    params(("source" = String, Path, description = "hook source name")),
+    request_body(content = Object, description = "generic: {\"binding_kind\", \"ref\", \"status\"}; github: workflow_run/workflow_job; ticket: mapped by the source"),
+    responses((status = 200, body = HookAnswer), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn receive_hook(
+    State(svc): Svc,
+    axum::extract::Path(source): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<HookAnswer>> {
+    let ended = svc.receive_hook(&source, &headers, &body).await?;
+    Ok(Json(HookAnswer { ended }))
 }
 
 /// An empty JSON object (or no body).
@@ -797,7 +916,7 @@ impl utoipa::Modify for Conventions {
         healthz, readyz, metrics_text, openapi, jwks, as_metadata,
         create_principal, list_principals, get_principal, delete_principal, rotate_key,
         create_target, list_targets, get_target, patch_target, delete_target,
-        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, evidence,
+        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, event_stream, create_hook_source, list_hook_sources, receive_hook, evidence,
         audit, audit_verify, rotate_keys, introspect, revoke,
     ),
     components(schemas(Problem, Health, TokenForm, CredentialRequest, EmptyBody))

@@ -39,6 +39,8 @@ pub struct Config {
     pub reconcile_interval_s: u64,
     /// Connect timeout for target systems (PostgreSQL).
     pub target_connect_timeout_ms: u64,
+    /// How far a hook's `X-Stint-Timestamp` may be from now.
+    pub hook_tolerance_s: u64,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             revocation_backoff_cap_ms: 30_000,
             reconcile_interval_s: 300,
             target_connect_timeout_ms: 5000,
+            hook_tolerance_s: 300,
         }
     }
 }
@@ -96,6 +99,7 @@ impl Config {
                 "revocation_backoff_cap_ms",
                 "reconcile_interval_s",
                 "target_connect_timeout_ms",
+                "hook_tolerance_s",
             ]))
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig

@@ -136,10 +136,15 @@ impl KeyRing {
 
     /// Signs `claims` with the current key; returns the token and the key id.
     pub fn sign<T: Serialize>(&self, claims: &T) -> anyhow::Result<(String, String)> {
+        self.sign_typed(claims, "at+jwt")
+    }
+
+    /// Signs `claims` with the current key and the given `typ` header (e.g. `secevent+jwt`).
+    pub fn sign_typed<T: Serialize>(&self, claims: &T, typ: &str) -> anyhow::Result<(String, String)> {
         let key = self.read().current.clone();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
-        header.typ = Some("at+jwt".to_owned());
+        header.typ = Some(typ.to_owned());
         let token = jsonwebtoken::encode(&header, claims, &key.encoding)?;
         Ok((token, key.kid.clone()))
     }

@@ -205,6 +205,23 @@ pub struct Service {
     jwt: Arc<providers::jwt::JwtProvider>,
     /// Revocation jobs of external credentials.
     pub revoker: Revoker,
+    /// Tells event-stream subscribers that new audit records exist.
+    pub events: crate::events::EventHub,
+    /// Hook sources by name, with their opened secrets.
+    hook_sources: std::sync::RwLock<std::collections::HashMap<String, HookSource>>,
+}
+
+/// A hook source with its secret (in memory only).
+#[derive(Clone)]
+struct HookSource {
+    view: crate::hooks::HookSourceView,
+    secret: Arc<secrecy::SecretBox<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for HookSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookSource").field("view", &self.view).finish_non_exhaustive()
+    }
 }
 
 impl Service {
@@ -229,6 +246,8 @@ impl Service {
             kek,
             providers: std::sync::RwLock::default(),
             revoker: Revoker::default(),
+            events: crate::events::EventHub::default(),
+            hook_sources: std::sync::RwLock::default(),
             scheduler: Scheduler::default(),
             directory: Directory::default(),
             ready: AtomicBool::new(false),
@@ -297,6 +316,21 @@ impl Service {
                 self.set_provider(&r.name, Some(provider));
                 self.cache_target(Some(stored.doc), &r.name);
             }
+        }
+        for d in self.store.documents("hook_source").await? {
+            let stored: crate::hooks::StoredHookSource = serde_json::from_str(&d.doc)
+                .map_err(|e| anyhow::anyhow!("hook source `{}` is unreadable: {e}", d.name))?;
+            let secret = self
+                .kek
+                .open(&format!("hook:{}", d.name), &stored.sealed_secret)
+                .map_err(|e| anyhow::anyhow!("hook source `{}`: {e}", d.name))?;
+            self.hook_sources.write().unwrap_or_else(|e| e.into_inner()).insert(
+                d.name.clone(),
+                HookSource {
+                    view: stored.view,
+                    secret: Arc::new(secrecy::SecretBox::new(Box::new(secret.to_vec()))),
+                },
+            );
         }
         let v = self.store.verify_audit().await?;
         if !v.ok {
@@ -435,6 +469,16 @@ impl Service {
 
     // ----- the one path every session change takes --------------------------------------------
 
+    /// The one way this service writes: commits the batch and tells the event stream that new audit
+    /// records exist.
+    async fn commit(&self, batch: Batch) -> ApiResult<Vec<stint_core::AuditRecord>> {
+        let records = self.store.commit(batch).await?;
+        if let Some(last) = records.last() {
+            self.events.advance(last.seq);
+        }
+        Ok(records)
+    }
+
     /// Carries out a transition's effects that must precede its commit: a session that reached a
     /// final state is killed in memory first (fail closed), and credentials that live only in this
     /// process (JWTs) are revoked at once, their confirmation committed with the session. External
@@ -513,7 +557,7 @@ impl Service {
             audit,
             ..Default::default()
         };
-        let records = self.store.commit(batch).await?;
+        let records = self.commit(batch).await?;
         m::audit_written(records.len());
         self.after_commit(old, &s, now);
         for job in jobs {
@@ -634,7 +678,7 @@ impl Service {
             deleted_at: None,
         };
         let details = json!({"principal": p.id, "name": p.name, "kind": p.kind, "groups": p.groups});
-        self.store
+        self
             .commit(Batch {
                 audit: vec![event(now, actor, "principal.created", details)],
                 principals: vec![PrincipalWrite::Insert(p.clone())],
@@ -692,7 +736,7 @@ impl Service {
         let key = new_api_key().map_err(|_| ApiError::internal())?;
         p.key_hash = Some(key_hash(&key));
         let now = self.clock.now();
-        self.store
+        self
             .commit(Batch {
                 audit: vec![event(
                     now,
@@ -820,7 +864,7 @@ impl Service {
             }
             done.push((session, s));
         }
-        let records = self.store.commit(extra).await?;
+        let records = self.commit(extra).await?;
         m::audit_written(records.len());
         for (old, s) in &done {
             self.after_commit(old, s, now);
@@ -894,7 +938,7 @@ impl Service {
         if let Some(env) = &req.environment {
             check_text("environment", env, false)?;
         }
-        let (config, secrets, ca_public_key) = self.target_config(&req.name, req.kind, req.config)?;
+        let (config, secrets, ca_public_key) = self.target_config(req.kind, req.config)?;
         let now = self.clock.now();
         let doc = TargetDoc {
             name: req.name,
@@ -931,7 +975,7 @@ impl Service {
             sealed: sealed.clone(),
         })
         .map_err(|_| ApiError::internal())?;
-        self.store
+        self
             .commit(Batch {
                 targets: vec![TargetWrite::Insert(TargetRecord {
                     name: doc.name.clone(),
@@ -963,7 +1007,6 @@ impl Service {
     /// secrets to seal, and (ssh) the CA's public key.
     fn target_config(
         &self,
-        name: &str,
         kind: TargetKind,
         raw: Option<serde_json::Value>,
     ) -> ApiResult<(serde_json::Value, TargetSecrets, Option<String>)> {
@@ -1000,7 +1043,6 @@ impl Service {
                     admin_url: Some(url.expose_secret().to_owned()),
                     ca_private_key: None,
                 };
-                let _ = name;
                 Ok((public, secrets, None))
             }
             TargetKind::Ssh => {
@@ -1308,8 +1350,20 @@ impl Service {
                 format!("target `{}` requires a binding", target.name),
             ));
         }
-        let principal = PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?;
         let now = self.clock.now();
+        if let Some(r) = &binding.reference
+            && self
+                .store
+                .seen("closed_ref", &crate::hooks::closed_ref_key(binding.kind, r), now)
+                .await?
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "binding_closed",
+                "the activity this session is bound to has already ended",
+            ));
+        }
+        let principal = PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?;
         let (s, fx) = Session::request(
             NewSession {
                 id: SessionId::from_u128(new_u128()),
@@ -1989,6 +2043,230 @@ impl Service {
         }
     }
 
+    /// Who may subscribe to the revocation stream: resource servers and admins.
+    pub fn may_watch(caller: &PrincipalRecord) -> ApiResult<()> {
+        if is_admin(caller) || caller.kind == PrincipalKind::ResourceServer.as_str() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "the event stream is for resource servers and admins",
+            ))
+        }
+    }
+
+    /// Stream events after `cursor` (at most `limit` audit records read), in order, and the new cursor.
+    pub async fn events_after(
+        &self,
+        cursor: i64,
+        limit: u32,
+    ) -> ApiResult<(Vec<crate::events::StreamEvent>, i64)> {
+        let records = self.store.audit(cursor, limit).await?;
+        let next = records.last().map_or(cursor, |r| r.seq);
+        let events = records
+            .iter()
+            .filter_map(|r| crate::events::from_record(r, &self.keys, &self.issuer))
+            .collect();
+        Ok((events, next))
+    }
+
+    /// Creates a hook source (admin); its secret is sealed at rest and never shown again.
+    pub async fn create_hook_source(
+        &self,
+        caller: &Caller,
+        req: crate::hooks::CreateHookSource,
+    ) -> ApiResult<crate::hooks::HookSourceView> {
+        use crate::hooks::{HookSourceView, SourceKind, StoredHookSource};
+        require_admin(caller)?;
+        check_name("`name`", &req.name)?;
+        if req.secret.len() < 16 || req.secret.len() > 1024 {
+            return Err(ApiError::invalid("`secret` must be 16 to 1024 characters"));
+        }
+        match (req.kind, &req.mapping) {
+            (SourceKind::Ticket, None) => return Err(ApiError::invalid("a ticket source needs `mapping`")),
+            (SourceKind::Ticket, Some(m)) => {
+                for p in [&m.ref_pointer, &m.status_pointer] {
+                    if !p.starts_with('/') || p.len() > 256 {
+                        return Err(ApiError::invalid("mapping pointers are JSON pointers like `/issue/key`"));
+                    }
+                }
+                if m.closing_statuses.is_empty() || m.closing_statuses.len() > 32 {
+                    return Err(ApiError::invalid("`closing_statuses` must list 1 to 32 statuses"));
+                }
+            }
+            (_, Some(_)) => return Err(ApiError::invalid("`mapping` is only for ticket sources")),
+            (_, None) => {}
+        }
+        let now = self.clock.now();
+        let view = HookSourceView {
+            path: format!("/v1/hooks/{}", req.name),
+            name: req.name.clone(),
+            kind: req.kind,
+            mapping: req.mapping.clone(),
+            created_at: now,
+        };
+        let sealed_secret = self
+            .kek
+            .seal(&format!("hook:{}", req.name), req.secret.as_bytes())
+            .map_err(|_| ApiError::internal())?;
+        let stored = StoredHookSource {
+            view: view.clone(),
+            sealed_secret,
+        };
+        self.commit(Batch {
+            documents: vec![stint_store::DocumentWrite::Insert(stint_store::DocumentRecord {
+                kind: "hook_source".into(),
+                name: req.name.clone(),
+                doc: serde_json::to_string(&stored).map_err(|_| ApiError::internal())?,
+                created_at: now,
+            })],
+            audit: vec![event(
+                now,
+                &caller.id,
+                "hook_source.created",
+                json!({"name": req.name, "kind": req.kind}),
+            )],
+            ..Default::default()
+        })
+        .await?;
+        self.hook_sources.write().unwrap_or_else(|e| e.into_inner()).insert(
+            req.name.clone(),
+            HookSource {
+                view: view.clone(),
+                secret: Arc::new(secrecy::SecretBox::new(Box::new(req.secret.into_bytes()))),
+            },
+        );
+        Ok(view)
+    }
+
+    /// Lists hook sources (admin; never their secrets).
+    pub fn hook_sources(&self, caller: &Caller) -> ApiResult<Vec<crate::hooks::HookSourceView>> {
+        require_admin(caller)?;
+        let map = self.hook_sources.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.values().map(|h| h.view.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    /// `POST /v1/hooks/{source}`: verifies the signature, the timestamp and the event id, then ends
+    /// (or cancels) every open session bound to the activity if the event closes it — atomically with
+    /// the replay guards and the audit events. Returns the sessions it ended or canceled.
+    pub async fn receive_hook(
+        &self,
+        source: &str,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> ApiResult<Vec<String>> {
+        use crate::hooks::{HookError, SourceKind};
+        use secrecy::ExposeSecret;
+        let src = self
+            .hook_sources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("hook source"))?;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let refused = |e: HookError| match e {
+            HookError::BadSignature => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                "the event's signature does not match the source's secret",
+            ),
+            HookError::Stale => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "stale_event",
+                "`X-Stint-Timestamp` is missing or outside the tolerance window",
+            ),
+            HookError::Invalid(m) => ApiError::invalid(m),
+        };
+        let now = self.clock.now();
+        let (sig_header, event_id) = match src.view.kind {
+            SourceKind::Github => (header("x-hub-signature-256"), header("x-github-delivery")),
+            _ => (header("x-stint-signature"), header("x-stint-event-id")),
+        };
+        crate::hooks::verify_signature(src.secret.expose_secret(), body, sig_header).map_err(refused)?;
+        if src.view.kind != SourceKind::Github {
+            crate::hooks::check_timestamp(header("x-stint-timestamp"), now.unix_timestamp(), self.cfg.hook_tolerance_s)
+                .map_err(refused)?;
+        }
+        let event_id = event_id
+            .filter(|e| !e.is_empty() && e.len() <= 200)
+            .ok_or_else(|| ApiError::invalid("an event id header (1 to 200 characters) is required"))?
+            .to_owned();
+        let guard_key = format!("{source}:{event_id}");
+        if self.store.seen("hook_event", &guard_key, now).await? {
+            return Ok(Vec::new());
+        }
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the body is not JSON"))?;
+        let activity = crate::hooks::read_activity(
+            src.view.kind,
+            src.view.mapping.as_ref(),
+            header("x-github-event"),
+            &value,
+        )
+        .map_err(refused)?;
+        // Hooks are rare: they hold the gate exclusively, so no request slips in bound to a ref
+        // that is being closed.
+        let _gate = self.admin_gate.write().await;
+        let now = self.clock.now();
+        let keep_s = 7 * 24 * 3600;
+        let mut extra = Batch {
+            seen: vec![stint_store::SeenRecord {
+                kind: "hook_event".into(),
+                key: guard_key,
+                expires_at: now + time::Duration::seconds(keep_s),
+                recorded_at: now,
+            }],
+            ..Default::default()
+        };
+        let details = json!({
+            "source": source,
+            "event_id": event_id,
+            "binding": activity.as_ref().map(|a| json!({"kind": a.kind, "ref": a.reference})),
+            "status": activity.as_ref().map(|a| a.status.clone()),
+        });
+        let mut ids = Vec::new();
+        if let Some(a) = activity.filter(|a| a.closing) {
+            let kind = serde_json::to_value(a.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            ids = self
+                .open_sessions(SessionFilter {
+                    binding: Some((kind, a.reference.clone())),
+                    ..Default::default()
+                })
+                .await?;
+            extra.seen.push(stint_store::SeenRecord {
+                kind: "closed_ref".into(),
+                key: crate::hooks::closed_ref_key(a.kind, &a.reference),
+                expires_at: now + time::Duration::seconds(10 * 366 * 24 * 3600),
+                recorded_at: now,
+            });
+            // The event goes into each session's evidence, right before its end.
+            for id in &ids {
+                extra.audit.push(PendingAudit {
+                    at: now,
+                    actor: format!("hook:{source}"),
+                    action: "hook.received".into(),
+                    session: Some(id.clone()),
+                    details: details.clone(),
+                });
+            }
+        }
+        if ids.is_empty() {
+            extra.audit.push(event(now, &format!("hook:{source}"), "hook.received", details));
+        }
+        let ended: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        match self.end_all(ids, Actor::System, EndReason::Event, extra).await {
+            Ok(()) => Ok(ended),
+            // The same event id raced in twice: the first one counted.
+            Err(e) if e.code == "already_exists" => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The session's audit events and the chain's state.
     pub async fn evidence(
         &self,
@@ -2146,7 +2424,7 @@ impl Service {
             tracing::error!(error = %e, "key rotation failed");
             ApiError::internal()
         })?;
-        self.store
+        self
             .commit(Batch {
                 audit: vec![event(now, &caller.id, "key.rotated", json!({"kid": kid, "previous": old, "previous_published_until": stint_core::audit::format_time(until)}))],
                 ..Default::default()

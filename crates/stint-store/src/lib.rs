@@ -87,6 +87,41 @@ pub enum PrincipalWrite {
     Update(PrincipalRecord),
 }
 
+/// A named configuration document (a workload trust, a hook source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentRecord {
+    /// What it is (`trust`, `hook_source`).
+    pub kind: String,
+    /// Unique name within its kind.
+    pub name: String,
+    /// The server's JSON document.
+    pub doc: String,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+}
+
+/// A change to a document.
+#[derive(Debug, Clone)]
+pub enum DocumentWrite {
+    /// Create it (fails with [`StoreError::Duplicate`] if the name is taken).
+    Insert(DocumentRecord),
+    /// Remove it (kind, name).
+    Delete(String, String),
+}
+
+/// A replay guard: the batch fails with [`StoreError::Duplicate`] if `(kind, key)` was seen before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRecord {
+    /// What kind of key (`id_token_jti`, `hook_event`, `closed_ref`).
+    pub kind: String,
+    /// The key.
+    pub key: String,
+    /// When it may be forgotten.
+    pub expires_at: OffsetDateTime,
+    /// Now (an expired guard with the same key may be taken again).
+    pub recorded_at: OffsetDateTime,
+}
+
 /// Everything one acknowledged change writes, applied atomically by [`Store::commit`].
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
@@ -98,6 +133,10 @@ pub struct Batch {
     pub sessions: Vec<SessionWrite>,
     /// Audit events, appended to the chain in order.
     pub audit: Vec<PendingAudit>,
+    /// Document writes.
+    pub documents: Vec<DocumentWrite>,
+    /// Replay guards to record.
+    pub seen: Vec<SeenRecord>,
 }
 
 impl Batch {
@@ -107,6 +146,8 @@ impl Batch {
             && self.targets.is_empty()
             && self.sessions.is_empty()
             && self.audit.is_empty()
+            && self.documents.is_empty()
+            && self.seen.is_empty()
     }
 }
 
@@ -119,6 +160,8 @@ pub struct SessionFilter {
     pub principal: Option<String>,
     /// Only this target.
     pub target: Option<String>,
+    /// Only sessions bound to this activity (binding kind, ref).
+    pub binding: Option<(String, String)>,
     /// Only ids greater than this (cursor).
     pub after: Option<String>,
     /// At most this many.
@@ -169,6 +212,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn sessions(&self, filter: &SessionFilter) -> StoreResult<Vec<Versioned>>;
     /// Every session the scheduler must watch: not final, or ended with revocations outstanding.
     async fn live_sessions(&self) -> StoreResult<Vec<Versioned>>;
+    /// Documents of a kind, ordered by name.
+    async fn documents(&self, kind: &str) -> StoreResult<Vec<DocumentRecord>>;
+    /// True when `(kind, key)` was recorded and has not expired at `now`.
+    async fn seen(&self, kind: &str, key: &str, now: OffsetDateTime) -> StoreResult<bool>;
+
     /// The revocation outbox: external credentials whose revocation is pending or failed.
     async fn outstanding_revocations(&self) -> StoreResult<Vec<RevocationRecord>>;
     /// Handles of a target's credentials of `kind` whose revocation was requested and that would
@@ -180,6 +228,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         unexpired_at: OffsetDateTime,
     ) -> StoreResult<Vec<String>>;
 
+    /// The highest audit `seq` (0 when the chain is empty).
+    async fn audit_head(&self) -> StoreResult<i64>;
     /// Audit records with `seq > after_seq`, in order.
     async fn audit(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
     /// A session's audit records, in order.

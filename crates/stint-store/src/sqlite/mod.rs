@@ -13,8 +13,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    Batch, PrincipalRecord, PrincipalWrite, RevocationRecord, SessionFilter, SessionWrite, Store, StoreError,
-    StoreResult, TargetRecord, TargetWrite, Versioned, is_outbox_entry, needs_revocation, revocation_name,
+    Batch, DocumentRecord, DocumentWrite, PrincipalRecord, PrincipalWrite, RevocationRecord, SeenRecord,
+    SessionFilter, SessionWrite, Store, StoreError, StoreResult, TargetRecord, TargetWrite, Versioned,
+    is_outbox_entry, needs_revocation, revocation_name,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -282,12 +283,13 @@ async fn write_session(tx: &mut sqlx::SqliteConnection, w: &SessionWrite) -> Sto
     let doc = json(s)?;
     let r = match w.expected_version {
         None => sqlx::query(
-            "INSERT INTO sessions (id, principal, target, state, needs_revocation, version, doc) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+            "INSERT INTO sessions (id, principal, target, state, needs_revocation, version, doc, \
+             binding_kind, binding_ref) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?8, ?9)",
         ),
         Some(_) => sqlx::query(
             "UPDATE sessions SET principal = ?2, target = ?3, state = ?4, needs_revocation = ?5, \
-             version = version + 1, doc = ?6 WHERE id = ?1 AND version = ?7",
+             version = version + 1, doc = ?6, binding_kind = ?8, binding_ref = ?9 \
+             WHERE id = ?1 AND version = ?7",
         ),
     }
     .bind(s.id.as_str())
@@ -297,6 +299,8 @@ async fn write_session(tx: &mut sqlx::SqliteConnection, w: &SessionWrite) -> Sto
     .bind(needs_revocation(s))
     .bind(doc)
     .bind(w.expected_version.unwrap_or(0))
+    .bind(binding_kind(s))
+    .bind(s.binding.reference.as_deref())
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -304,6 +308,63 @@ async fn write_session(tx: &mut sqlx::SqliteConnection, w: &SessionWrite) -> Sto
         return Err(StoreError::Conflict);
     }
     write_revocations(tx, s).await
+}
+
+fn binding_kind(s: &Session) -> Option<String> {
+    match serde_json::to_value(s.binding.kind) {
+        Ok(serde_json::Value::String(k)) => Some(k),
+        _ => None,
+    }
+}
+
+async fn write_document(tx: &mut sqlx::SqliteConnection, w: &DocumentWrite) -> StoreResult<()> {
+    match w {
+        DocumentWrite::Insert(d) => {
+            sqlx::query("INSERT INTO documents (kind, name, doc, created_at) VALUES (?1, ?2, ?3, ?4)")
+                .bind(&d.kind)
+                .bind(&d.name)
+                .bind(&d.doc)
+                .bind(format_time(d.created_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match db_err(e) {
+                    StoreError::Duplicate(_) => StoreError::Duplicate(d.name.clone()),
+                    other => other,
+                })?;
+        }
+        DocumentWrite::Delete(kind, name) => {
+            let r = sqlx::query("DELETE FROM documents WHERE kind = ?1 AND name = ?2")
+                .bind(kind)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_seen(tx: &mut sqlx::SqliteConnection, r: &SeenRecord) -> StoreResult<()> {
+    // A guard that expired may be taken again; a live one fails the batch.
+    let done = sqlx::query(
+        "INSERT INTO seen (kind, key, expires_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (kind, key) DO UPDATE SET expires_at = excluded.expires_at \
+         WHERE seen.expires_at <= ?4",
+    )
+    .bind(&r.kind)
+    .bind(&r.key)
+    .bind(r.expires_at.unix_timestamp())
+    .bind(r.recorded_at.unix_timestamp())
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Duplicate(format!("{}:{}", r.kind, r.key)));
+    }
+    Ok(())
 }
 
 /// Mirrors the revocation state of the session's external credentials into the outbox table.
@@ -346,6 +407,12 @@ async fn write_batch(
     }
     for t in &batch.targets {
         write_target(conn, t).await?;
+    }
+    for d in &batch.documents {
+        write_document(conn, d).await?;
+    }
+    for r in &batch.seen {
+        write_seen(conn, r).await?;
     }
     for s in &batch.sessions {
         write_session(conn, s).await?;
@@ -552,19 +619,53 @@ impl Store for SqliteStore {
         sqlx::query(
             "SELECT doc, version FROM sessions WHERE id > ?1 \
              AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR principal = ?3) \
-             AND (?4 IS NULL OR target = ?4) ORDER BY id LIMIT ?5",
+             AND (?4 IS NULL OR target = ?4) \
+             AND (?6 IS NULL OR (binding_kind = ?6 AND binding_ref = ?7)) ORDER BY id LIMIT ?5",
         )
         .bind(f.after.as_deref().unwrap_or(""))
         .bind(f.state.map(|s| s.as_str()))
         .bind(f.principal.as_deref())
         .bind(f.target.as_deref())
         .bind(i64::from(f.limit))
+        .bind(f.binding.as_ref().map(|b| b.0.as_str()))
+        .bind(f.binding.as_ref().map(|b| b.1.as_str()))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?
         .iter()
         .map(session_row)
         .collect()
+    }
+
+    async fn documents(&self, kind: &str) -> StoreResult<Vec<DocumentRecord>> {
+        let rows: Vec<(String, String, String, String)> =
+            sqlx::query_as("SELECT kind, name, doc, created_at FROM documents WHERE kind = ?1 ORDER BY name")
+                .bind(kind)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.into_iter()
+            .map(|(kind, name, doc, at)| {
+                Ok(DocumentRecord {
+                    kind,
+                    name,
+                    doc,
+                    created_at: parse_time(&at)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn seen(&self, kind: &str, key: &str, now: OffsetDateTime) -> StoreResult<bool> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM seen WHERE kind = ?1 AND key = ?2 AND expires_at > ?3")
+                .bind(kind)
+                .bind(key)
+                .bind(now.unix_timestamp())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(n > 0)
     }
 
     async fn outstanding_revocations(&self) -> StoreResult<Vec<RevocationRecord>> {
@@ -610,6 +711,13 @@ impl Store for SqliteStore {
         .iter()
         .map(session_row)
         .collect()
+    }
+
+    async fn audit_head(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM audit")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
     }
 
     async fn audit(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {

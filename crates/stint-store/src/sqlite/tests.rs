@@ -3,7 +3,7 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use super::*;
-use crate::PrincipalWrite;
+use crate::{DocumentRecord, DocumentWrite, PrincipalWrite, SeenRecord};
 use stint_core::{NewSession, PendingAudit, PrincipalId};
 use time::macros::datetime;
 
@@ -337,4 +337,118 @@ async fn ending_a_session_queues_its_external_revocations_in_the_same_commit() {
         st.revoked_handles("api", CredentialKind::Ssh, NOW).await.unwrap(),
         ["4242"]
     );
+}
+
+#[tokio::test]
+async fn replay_guards_fail_the_whole_batch_until_they_expire() {
+    let (_d, st) = store().await;
+    let guard = |at: OffsetDateTime| SeenRecord {
+        kind: "hook_event".into(),
+        key: "evt-1".into(),
+        expires_at: at + time::Duration::seconds(60),
+        recorded_at: at,
+    };
+    st.commit(Batch {
+        seen: vec![guard(NOW)],
+        audit: vec![event("hook.received")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(st.seen("hook_event", "evt-1", NOW).await.unwrap());
+    let again = st
+        .commit(Batch {
+            seen: vec![guard(NOW + time::Duration::seconds(1))],
+            audit: vec![event("hook.received")],
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(again, Err(StoreError::Duplicate(_))), "{again:?}");
+    assert_eq!(
+        st.audit(0, 10).await.unwrap().len(),
+        1,
+        "the replayed batch wrote nothing"
+    );
+    // Once expired, the key may be recorded again.
+    let later = NOW + time::Duration::seconds(61);
+    assert!(!st.seen("hook_event", "evt-1", later).await.unwrap());
+    st.commit(Batch {
+        seen: vec![guard(later)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn documents_and_sessions_by_binding() {
+    let (_d, st) = store().await;
+    let doc = |name: &str| DocumentRecord {
+        kind: "trust".into(),
+        name: name.into(),
+        doc: "{}".into(),
+        created_at: NOW,
+    };
+    st.commit(Batch {
+        documents: vec![
+            DocumentWrite::Insert(doc("gha")),
+            DocumentWrite::Insert(doc("gitlab")),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dup = st
+        .commit(Batch {
+            documents: vec![DocumentWrite::Insert(doc("gha"))],
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Duplicate(_))));
+    let names: Vec<String> = st
+        .documents("trust")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["gha", "gitlab"]);
+    st.commit(Batch {
+        documents: vec![DocumentWrite::Delete("trust".into(), "gha".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.documents("trust").await.unwrap().len(), 1);
+
+    let mut bound = session(11);
+    bound.binding = stint_core::Binding {
+        kind: stint_core::BindingKind::Pipeline,
+        reference: Some("run-42".into()),
+    };
+    st.commit(Batch {
+        sessions: vec![
+            SessionWrite {
+                session: bound,
+                expected_version: None,
+            },
+            SessionWrite {
+                session: session(12),
+                expected_version: None,
+            },
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let found = st
+        .sessions(&SessionFilter {
+            binding: Some(("pipeline".into(), "run-42".into())),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].session.id, SessionId::from_u128(11));
 }
