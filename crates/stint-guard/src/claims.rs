@@ -154,7 +154,10 @@ mod tests {
         let mut c = claims();
         c.iss = "https://stint.example/".into();
         assert_eq!(r.check(&c, 950), Err(Refusal::WrongIssuer));
-        let any_issuer = ClaimRules { issuer: None, ..rules() };
+        let any_issuer = ClaimRules {
+            issuer: None,
+            ..rules()
+        };
         assert_eq!(any_issuer.check(&c, 950), Ok(()));
     }
 

@@ -35,7 +35,10 @@ where
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    #[expect(clippy::disallowed_methods, reason = "the one place that reads the system time")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the one place that reads the system time"
+    )]
     fn now_unix(&self) -> i64 {
         let since = std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)

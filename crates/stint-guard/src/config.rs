@@ -38,7 +38,11 @@ pub struct GuardConfig {
 
 impl GuardConfig {
     /// A configuration with the defaults above.
-    pub fn new(stint_url: impl Into<String>, api_key: impl Into<String>, audience: impl Into<String>) -> Self {
+    pub fn new(
+        stint_url: impl Into<String>,
+        api_key: impl Into<String>,
+        audience: impl Into<String>,
+    ) -> Self {
         Self {
             stint_url: stint_url.into(),
             api_key: SecretString::from(api_key.into()),

@@ -96,10 +96,17 @@ impl RefreshLimiter {
 
     /// Whether a fetch for `kid` may start at `now`; if so, records it.
     pub(crate) fn allow(&mut self, kid: &str, now: Instant) -> bool {
-        if self.last_fetch.is_some_and(|t| now.duration_since(t) < self.floor) {
+        if self
+            .last_fetch
+            .is_some_and(|t| now.duration_since(t) < self.floor)
+        {
             return false;
         }
-        if self.tried.get(kid).is_some_and(|t| now.duration_since(*t) < self.per_kid) {
+        if self
+            .tried
+            .get(kid)
+            .is_some_and(|t| now.duration_since(*t) < self.per_kid)
+        {
             return false;
         }
         let per_kid = self.per_kid;
@@ -151,7 +158,10 @@ mod tests {
         assert!(l.allow("k1", t0));
         assert!(!l.allow("k2", t0 + Duration::from_millis(500)), "global floor");
         assert!(l.allow("k2", t0 + Duration::from_secs(1)));
-        assert!(!l.allow("k1", t0 + Duration::from_secs(9)), "same kid within 10 s");
+        assert!(
+            !l.allow("k1", t0 + Duration::from_secs(9)),
+            "same kid within 10 s"
+        );
         assert!(l.allow("k1", t0 + Duration::from_secs(10)));
     }
 
@@ -163,6 +173,9 @@ mod tests {
             assert!(l.allow(&format!("k{i}"), t0));
         }
         assert!(!l.allow("one-more", t0));
-        assert!(l.allow("one-more", t0 + Duration::from_secs(10)), "old entries expire");
+        assert!(
+            l.allow("one-more", t0 + Duration::from_secs(10)),
+            "old entries expire"
+        );
     }
 }

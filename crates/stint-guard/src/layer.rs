@@ -101,7 +101,9 @@ fn challenge<R: Default>(refusal: Option<Refusal>) -> Response<R> {
     match refusal {
         Some(Refusal::StreamDown) => {
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         Some(refusal) => {
             let value = format!(r#"Bearer error="invalid_token", error_description="{refusal}""#);

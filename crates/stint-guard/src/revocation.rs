@@ -103,18 +103,21 @@ pub(crate) fn read_event(event: &str, data: &str) -> Result<Option<Change>, Even
         _ => return Ok(None),
     };
     let d: EventData = serde_json::from_str(data)?;
-    let at = d
-        .at
-        .as_deref()
-        .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
-        .map(OffsetDateTime::unix_timestamp);
+    let at =
+        d.at.as_deref()
+            .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
+            .map(OffsetDateTime::unix_timestamp);
     let sid = if whole_session {
         Some(d.sid.ok_or(EventError::NoSid)?)
     } else {
         // INVARIANT: `credential.revoked` names a session only as context; the session lives on.
         None
     };
-    Ok(Some(Change { sid, jtis: d.jtis, at }))
+    Ok(Some(Change {
+        sid,
+        jtis: d.jtis,
+        at,
+    }))
 }
 
 #[cfg(test)]
@@ -129,7 +132,9 @@ mod tests {
     fn session_ended_revokes_the_session_and_its_credentials() {
         let data = r#"{"type":"session.ended","sid":"ses_a","jtis":["crd_1","crd_2"],"reason":"completed",
             "at":"2026-11-27T21:00:00Z","set":"x.y.z"}"#;
-        let change = read_event("session.ended", data).expect("reads").expect("revokes");
+        let change = read_event("session.ended", data)
+            .expect("reads")
+            .expect("revokes");
         assert_eq!(change.sid.as_deref(), Some("ses_a"));
         assert_eq!(change.jtis, ["crd_1", "crd_2"]);
         assert_eq!(change.at, Some(AT));
@@ -142,8 +147,11 @@ mod tests {
 
     #[test]
     fn credential_revoked_leaves_the_session_alive() {
-        let data = r#"{"type":"credential.revoked","sid":"ses_a","jtis":["crd_1"],"reason":"revoked","at":"…"}"#;
-        let change = read_event("credential.revoked", data).expect("reads").expect("revokes");
+        let data =
+            r#"{"type":"credential.revoked","sid":"ses_a","jtis":["crd_1"],"reason":"revoked","at":"…"}"#;
+        let change = read_event("credential.revoked", data)
+            .expect("reads")
+            .expect("revokes");
         assert_eq!(change.sid, None);
         assert_eq!(change.at, None, "an unreadable time falls back to now");
         let mut r = Revoked::default();
@@ -154,7 +162,11 @@ mod tests {
 
     #[test]
     fn other_event_types_are_ignored_without_reading_them() {
-        assert!(read_event("session.extended", "not json").expect("ignored").is_none());
+        assert!(
+            read_event("session.extended", "not json")
+                .expect("ignored")
+                .is_none()
+        );
         assert!(read_event("message", "{}").expect("ignored").is_none());
         assert!(read_event("message", "[1]").expect("ignored").is_none());
         let unnamed = r#"{"type":"credential.revoked","jtis":["crd_1"]}"#;

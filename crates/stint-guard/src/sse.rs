@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn stint_events_and_comments() {
-        let input = b": connected\n\nid: 42\nevent: session.ended\ndata: {\"sid\":\"ses_a\"}\n\n: keep-alive\n\n";
+        let input =
+            b": connected\n\nid: 42\nevent: session.ended\ndata: {\"sid\":\"ses_a\"}\n\n: keep-alive\n\n";
         assert_eq!(
             all(input),
             [
@@ -185,8 +186,15 @@ mod tests {
     #[test]
     fn an_unfinished_event_is_not_dispatched() {
         let mut p = Parser::default();
-        assert!(p.feed(b"id: 1\nevent: session.ended\ndata: {}\n").expect("parses").is_empty());
-        assert_eq!(p.feed(b"\n").expect("parses"), [event(Some("1"), "session.ended", "{}")]);
+        assert!(
+            p.feed(b"id: 1\nevent: session.ended\ndata: {}\n")
+                .expect("parses")
+                .is_empty()
+        );
+        assert_eq!(
+            p.feed(b"\n").expect("parses"),
+            [event(Some("1"), "session.ended", "{}")]
+        );
     }
 
     #[test]

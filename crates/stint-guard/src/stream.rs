@@ -29,7 +29,7 @@ pub(crate) struct Settings {
 
 /// How one connection ended.
 enum End {
-    /// The server closed the stream, or it went silent; `heard` if it delivered anything first.
+    /// The server closed the stream, or it went silent; `heard` if it greeted us first.
     Closed { heard: bool, reason: &'static str },
     /// 401/403: the API key is wrong or not a resource server's.
     Refused(StatusCode),
@@ -87,20 +87,19 @@ async fn connect(shared: &Shared, settings: &Settings, pruned: &mut Instant) -> 
         return End::Failed(format!("status {status}"));
     }
     let mut parser = Parser::default();
-    let mut heard = false;
     let mut greeted = false;
     loop {
         let chunk = match tokio::time::timeout(settings.staleness, response.chunk()).await {
             Err(_) => {
                 return End::Closed {
-                    heard,
+                    heard: greeted,
                     reason: "silent longer than the staleness bound",
                 };
             }
             Ok(Err(e)) => return End::Failed(e.to_string()),
             Ok(Ok(None)) => {
                 return End::Closed {
-                    heard,
+                    heard: greeted,
                     reason: "closed by stint",
                 };
             }
@@ -122,7 +121,6 @@ async fn connect(shared: &Shared, settings: &Settings, pruned: &mut Instant) -> 
         if greeted {
             shared.health.alive();
         }
-        heard = true;
         if pruned.elapsed() >= PRUNE_EVERY {
             *pruned = Instant::now();
             shared.write_revoked().prune(shared.clock.now_unix());
@@ -140,7 +138,13 @@ fn apply(shared: &Shared, id: Option<&str>, event: &str, data: &str) {
             Ok(Some(change)) => {
                 let now = shared.clock.now_unix();
                 shared.write_revoked().apply(&change, now, shared.retention_secs);
-                tracing::debug!(id, event, sid = change.sid.as_deref(), jtis = change.jtis.len(), "revoked");
+                tracing::debug!(
+                    id,
+                    event,
+                    sid = change.sid.as_deref(),
+                    jtis = change.jtis.len(),
+                    "revoked"
+                );
             }
             Ok(None) => tracing::trace!(id, event, "event ignored"),
             Err(e) => tracing::error!(id, event, error = %e, "unreadable revocation event skipped"),

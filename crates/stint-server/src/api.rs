@@ -54,7 +54,12 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/targets/{name}/krl", get(target_krl))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/events/stream", get(event_stream))
-        .route("/v1/hook-sources", post(create_hook_source).get(list_hook_sources))
+        .route("/v1/trusts", post(create_trust).get(list_trusts))
+        .route("/oauth2/token", post(token_exchange))
+        .route(
+            "/v1/hook-sources",
+            post(create_hook_source).get(list_hook_sources),
+        )
         .route("/v1/hooks/{source}", post(receive_hook))
         .route("/v1/sessions/{id}/evidence", get(evidence))
         .route("/v1/audit", get(audit))
@@ -553,8 +558,11 @@ async fn event_stream(
     State(svc): Svc,
     Auth(c): Auth,
     headers: axum::http::HeaderMap,
-) -> ApiResult<axum::response::sse::Sse<impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>>
-{
+) -> ApiResult<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     Service::may_watch(&c)?;
     let resume = match headers.get("last-event-id") {
@@ -574,33 +582,34 @@ async fn event_stream(
         None => svc.store.audit_head().await.map_err(ApiError::from)?,
     };
     let state = (svc, rx, cursor, std::collections::VecDeque::<Event>::new(), true);
-    let stream = futures_util::stream::unfold(state, |(svc, mut rx, mut cursor, mut queue, first)| async move {
-        if first {
-            let hello = Event::default().comment("connected");
-            return Some((Ok(hello), (svc, rx, cursor, queue, false)));
-        }
-        loop {
-            if let Some(e) = queue.pop_front() {
-                return Some((Ok(e), (svc, rx, cursor, queue, false)));
+    let stream =
+        futures_util::stream::unfold(state, |(svc, mut rx, mut cursor, mut queue, first)| async move {
+            if first {
+                let hello = Event::default().comment("connected");
+                return Some((Ok(hello), (svc, rx, cursor, queue, false)));
             }
-            match svc.events_after(cursor, 500).await {
-                Ok((events, next)) if next > cursor => {
-                    cursor = next;
-                    for ev in events {
-                        let data = ev.data.to_string();
-                        queue.push_back(Event::default().id(ev.id.to_string()).event(ev.kind).data(data));
-                    }
-                    continue;
+            loop {
+                if let Some(e) = queue.pop_front() {
+                    return Some((Ok(e), (svc, rx, cursor, queue, false)));
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(code = e.code, "event stream: reading the audit log failed"),
+                match svc.events_after(cursor, 500).await {
+                    Ok((events, next)) if next > cursor => {
+                        cursor = next;
+                        for ev in events {
+                            let data = ev.data.to_string();
+                            queue.push_back(Event::default().id(ev.id.to_string()).event(ev.kind).data(data));
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(code = e.code, "event stream: reading the audit log failed"),
+                }
+                // Nothing new: wait for the next commit (or the server shutting down).
+                if rx.changed().await.is_err() {
+                    return None;
+                }
             }
-            // Nothing new: wait for the next commit (or the server shutting down).
-            if rx.changed().await.is_err() {
-                return None;
-            }
-        }
-    });
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(STREAM_KEEPALIVE).text("keep-alive")))
 }
 
@@ -619,7 +628,10 @@ async fn create_hook_source(
 #[utoipa::path(get, path = "/v1/hook-sources", tag = "events",
     responses((status = 200, body = List<crate::hooks::HookSourceView>), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("api_key" = [])))]
-async fn list_hook_sources(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<List<crate::hooks::HookSourceView>>> {
+async fn list_hook_sources(
+    State(svc): Svc,
+    Auth(c): Auth,
+) -> ApiResult<Json<List<crate::hooks::HookSourceView>>> {
     Ok(Json(List {
         items: svc.hook_sources(&c)?,
         next_cursor: None,
@@ -650,6 +662,66 @@ async fn receive_hook(
 ) -> ApiResult<Json<HookAnswer>> {
     let ended = svc.receive_hook(&source, &headers, &body).await?;
     Ok(Json(HookAnswer { ended }))
+}
+
+#[utoipa::path(post, path = "/v1/trusts", tag = "federation", request_body = crate::federation::CreateTrust,
+    responses((status = 201, body = crate::federation::TrustView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn create_trust(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Body(b): Body<crate::federation::CreateTrust>,
+) -> ApiResult<(StatusCode, Json<crate::federation::TrustView>)> {
+    Ok((StatusCode::CREATED, Json(svc.create_trust(&c, b).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/trusts", tag = "federation",
+    responses((status = 200, body = List<crate::federation::TrustView>), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn list_trusts(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<List<crate::federation::TrustView>>> {
+    Ok(Json(List {
+        items: svc.trusts(&c)?,
+        next_cursor: None,
+    }))
+}
+
+#[utoipa::path(post, path = "/oauth2/token", tag = "oauth",
+    request_body(content = crate::service::ExchangeForm, content_type = "application/x-www-form-urlencoded"),
+    description = "RFC 8693 token exchange: a workload's OIDC ID token (`subject_token`) for an access token of \
+                   the session bound to its run (`audience` = the target's name). No client authentication: \
+                   the ID token is the credential. Errors per RFC 6749/8693 (`invalid_request`, \
+                   `invalid_target`, `unsupported_grant_type`).",
+    responses((status = 200, body = crate::service::ExchangeAnswer), (status = 400, description = "invalid_request, invalid_target or unsupported_grant_type"),
+              (status = 503, description = "temporarily_unavailable (the issuer's keys could not be fetched)")))]
+async fn token_exchange(
+    State(svc): Svc,
+    OAuthForm(f): OAuthForm<crate::service::ExchangeForm>,
+) -> Result<Json<crate::service::ExchangeAnswer>, OAuthError> {
+    use crate::federation::ExchangeError as E;
+    if f.grant_type != "urn:ietf:params:oauth:grant-type:token-exchange" {
+        return Err(OAuthError {
+            status: StatusCode::BAD_REQUEST,
+            error: "unsupported_grant_type",
+            description: "only urn:ietf:params:oauth:grant-type:token-exchange is supported".into(),
+        });
+    }
+    match svc.exchange(f).await {
+        Ok(a) => Ok(Json(a)),
+        Err(e) => {
+            let (status, error, description) = match e {
+                E::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d),
+                E::InvalidTarget(d) => (StatusCode::BAD_REQUEST, "invalid_target", d),
+                E::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", d),
+            };
+            tracing::info!(error, %description, "token exchange refused");
+            Err(OAuthError {
+                status,
+                error,
+                description,
+            })
+        }
+    }
 }
 
 /// An empty JSON object (or no body).
@@ -916,7 +988,7 @@ impl utoipa::Modify for Conventions {
         healthz, readyz, metrics_text, openapi, jwks, as_metadata,
         create_principal, list_principals, get_principal, delete_principal, rotate_key,
         create_target, list_targets, get_target, patch_target, delete_target,
-        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, event_stream, create_hook_source, list_hook_sources, receive_hook, evidence,
+        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, event_stream, create_trust, list_trusts, token_exchange, create_hook_source, list_hook_sources, receive_hook, evidence,
         audit, audit_verify, rotate_keys, introspect, revoke,
     ),
     components(schemas(Problem, Health, TokenForm, CredentialRequest, EmptyBody))

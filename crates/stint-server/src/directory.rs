@@ -88,6 +88,17 @@ impl Directory {
             .contains_key(id)
     }
 
+    /// The live principal with this name, if any (token exchange maps claims to a principal's name).
+    pub fn by_name(&self, name: &str) -> Option<Arc<PrincipalRecord>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_prefix
+            .values()
+            .flatten()
+            .find(|p| p.name == name)
+            .cloned()
+    }
+
     /// The live principal holding `key`, if any.
     pub fn authenticate(&self, key: &str) -> Option<Arc<PrincipalRecord>> {
         if !well_formed(key) {

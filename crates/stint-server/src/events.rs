@@ -85,9 +85,10 @@ pub fn from_record(r: &AuditRecord, keys: &KeyRing, issuer: &str) -> Option<Stre
         "session.ended" => {
             let reason = details["reason"].as_str().unwrap_or("revoked").to_owned();
             let jtis = details["credentials"].clone();
-            let event_timestamp = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
-                .map(|t| t.unix_timestamp())
-                .unwrap_or(0);
+            let event_timestamp =
+                time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+                    .map(|t| t.unix_timestamp())
+                    .unwrap_or(0);
             let set_claims = json!({
                 "iss": issuer,
                 "iat": event_timestamp,

@@ -116,7 +116,10 @@ pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&str>) -> Res
 /// The hex signature header value for `body` (for tests and for senders).
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-    format!("sha256={}", hex::encode(aws_lc_rs::hmac::sign(&key, body).as_ref()))
+    format!(
+        "sha256={}",
+        hex::encode(aws_lc_rs::hmac::sign(&key, body).as_ref())
+    )
 }
 
 /// Checks a Unix-seconds timestamp header against `now` ± `tolerance_s`.
@@ -183,7 +186,9 @@ pub fn read_activity(
                 )
             })?;
             if g.reference.is_empty() || g.binding_kind == BindingKind::None {
-                return Err(HookError::Invalid("`ref` and a `binding_kind` other than none are required".into()));
+                return Err(HookError::Invalid(
+                    "`ref` and a `binding_kind` other than none are required".into(),
+                ));
             }
             let closing = CLOSING.contains(&g.status.as_str());
             Ok(Some(Activity {
@@ -255,14 +260,27 @@ mod tests {
         let body = br#"{"binding_kind":"ticket","ref":"OT-1","status":"closed"}"#;
         let good = sign(b"0123456789abcdef", body);
         assert!(verify_signature(b"0123456789abcdef", body, Some(&good)).is_ok());
-        assert_eq!(verify_signature(b"another-secret-xx", body, Some(&good)), Err(HookError::BadSignature));
-        assert_eq!(verify_signature(b"0123456789abcdef", b"{}", Some(&good)), Err(HookError::BadSignature));
+        assert_eq!(
+            verify_signature(b"another-secret-xx", body, Some(&good)),
+            Err(HookError::BadSignature)
+        );
+        assert_eq!(
+            verify_signature(b"0123456789abcdef", b"{}", Some(&good)),
+            Err(HookError::BadSignature)
+        );
         for bad in [None, Some("sha256=zz"), Some("md5=00"), Some("")] {
-            assert_eq!(verify_signature(b"0123456789abcdef", body, bad), Err(HookError::BadSignature));
+            assert_eq!(
+                verify_signature(b"0123456789abcdef", body, bad),
+                Err(HookError::BadSignature)
+            );
         }
         assert!(check_timestamp(Some("1000"), 1100, 300).is_ok());
         assert_eq!(check_timestamp(Some("1000"), 1301, 300), Err(HookError::Stale));
-        assert_eq!(check_timestamp(Some("2000"), 1000, 300), Err(HookError::Stale), "future too");
+        assert_eq!(
+            check_timestamp(Some("2000"), 1000, 300),
+            Err(HookError::Stale),
+            "future too"
+        );
         assert_eq!(check_timestamp(None, 1000, 300), Err(HookError::Stale));
         assert_eq!(check_timestamp(Some("soon"), 1000, 300), Err(HookError::Stale));
     }
@@ -277,7 +295,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!((g.kind, g.reference.as_str(), g.closing), (BindingKind::Incident, "INC-7", true));
+        assert_eq!(
+            (g.kind, g.reference.as_str(), g.closing),
+            (BindingKind::Incident, "INC-7", true)
+        );
         let open = read_activity(
             SourceKind::Generic,
             None,
@@ -290,11 +311,24 @@ mod tests {
         assert!(read_activity(SourceKind::Generic, None, None, &json!({"ref": "x"})).is_err());
 
         let run = json!({"action": "completed", "workflow_run": {"id": 4242, "conclusion": "success"}});
-        let a = read_activity(SourceKind::Github, None, Some("workflow_run"), &run).unwrap().unwrap();
-        assert_eq!((a.kind, a.reference.as_str(), a.closing), (BindingKind::Pipeline, "4242", true));
+        let a = read_activity(SourceKind::Github, None, Some("workflow_run"), &run)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.kind, a.reference.as_str(), a.closing),
+            (BindingKind::Pipeline, "4242", true)
+        );
         let job = json!({"action": "in_progress", "workflow_job": {"run_id": 4242}});
-        assert!(!read_activity(SourceKind::Github, None, Some("workflow_job"), &job).unwrap().unwrap().closing);
-        assert_eq!(read_activity(SourceKind::Github, None, Some("ping"), &json!({})).unwrap(), None);
+        assert!(
+            !read_activity(SourceKind::Github, None, Some("workflow_job"), &job)
+                .unwrap()
+                .unwrap()
+                .closing
+        );
+        assert_eq!(
+            read_activity(SourceKind::Github, None, Some("ping"), &json!({})).unwrap(),
+            None
+        );
         assert!(read_activity(SourceKind::Github, None, Some("push"), &json!({})).is_err());
 
         let m = TicketMapping {
@@ -304,8 +338,13 @@ mod tests {
             binding_kind: None,
         };
         let jira = json!({"issue": {"key": "OT-4711", "fields": {"status": {"name": "Done"}}}});
-        let t = read_activity(SourceKind::Ticket, Some(&m), None, &jira).unwrap().unwrap();
-        assert_eq!((t.kind, t.reference.as_str(), t.closing), (BindingKind::Ticket, "OT-4711", true));
+        let t = read_activity(SourceKind::Ticket, Some(&m), None, &jira)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (t.kind, t.reference.as_str(), t.closing),
+            (BindingKind::Ticket, "OT-4711", true)
+        );
         assert!(read_activity(SourceKind::Ticket, Some(&m), None, &json!({"issue": {}})).is_err());
         assert_eq!(closed_ref_key(BindingKind::Ticket, "OT-4711"), "ticket:OT-4711");
     }

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod federation;
 pub mod hooks;
 pub mod keys;
 pub mod live;

@@ -209,6 +209,60 @@ pub struct Service {
     pub events: crate::events::EventHub,
     /// Hook sources by name, with their opened secrets.
     hook_sources: std::sync::RwLock<std::collections::HashMap<String, HookSource>>,
+    /// Workload trusts by name, with their key caches.
+    trusts: std::sync::RwLock<std::collections::HashMap<String, Arc<TrustEntry>>>,
+    /// One exchange at a time decides whether a run's session exists (exchanges are rare).
+    exchange_lock: Mutex<()>,
+    /// Fetches issuers' JWKS.
+    http: reqwest::Client,
+}
+
+/// A trust and its issuer's keys.
+#[derive(Debug)]
+struct TrustEntry {
+    view: crate::federation::TrustView,
+    inline: Option<jsonwebtoken::jwk::JwkSet>,
+    keys: Mutex<crate::federation::KeyCache>,
+}
+
+/// RFC 8693 form of `POST /oauth2/token`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ExchangeForm {
+    /// `urn:ietf:params:oauth:grant-type:token-exchange`.
+    pub grant_type: String,
+    /// The workload's OIDC ID token.
+    pub subject_token: Option<String>,
+    /// `urn:ietf:params:oauth:token-type:id_token` or `…:jwt`.
+    pub subject_token_type: Option<String>,
+    /// The target's name.
+    pub audience: Option<String>,
+    /// Ignored (the target decides the scope).
+    pub scope: Option<String>,
+    /// Must be absent or `urn:ietf:params:oauth:token-type:access_token`.
+    pub requested_token_type: Option<String>,
+}
+
+/// RFC 8693 answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExchangeAnswer {
+    /// The stint access token (a JWT bound to the run's session).
+    pub access_token: String,
+    /// `urn:ietf:params:oauth:token-type:access_token`.
+    pub issued_token_type: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+    /// The session it belongs to (an extension).
+    pub session: String,
+}
+
+impl std::fmt::Debug for ExchangeAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeAnswer")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A hook source with its secret (in memory only).
@@ -220,7 +274,9 @@ struct HookSource {
 
 impl std::fmt::Debug for HookSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HookSource").field("view", &self.view).finish_non_exhaustive()
+        f.debug_struct("HookSource")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
     }
 }
 
@@ -248,6 +304,12 @@ impl Service {
             revoker: Revoker::default(),
             events: crate::events::EventHub::default(),
             hook_sources: std::sync::RwLock::default(),
+            trusts: std::sync::RwLock::default(),
+            exchange_lock: Mutex::new(()),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
             scheduler: Scheduler::default(),
             directory: Directory::default(),
             ready: AtomicBool::new(false),
@@ -317,6 +379,11 @@ impl Service {
                 self.cache_target(Some(stored.doc), &r.name);
             }
         }
+        for d in self.store.documents("trust").await? {
+            let view: crate::federation::TrustView = serde_json::from_str(&d.doc)
+                .map_err(|e| anyhow::anyhow!("trust `{}` is unreadable: {e}", d.name))?;
+            self.add_trust(view);
+        }
         for d in self.store.documents("hook_source").await? {
             let stored: crate::hooks::StoredHookSource = serde_json::from_str(&d.doc)
                 .map_err(|e| anyhow::anyhow!("hook source `{}` is unreadable: {e}", d.name))?;
@@ -324,13 +391,16 @@ impl Service {
                 .kek
                 .open(&format!("hook:{}", d.name), &stored.sealed_secret)
                 .map_err(|e| anyhow::anyhow!("hook source `{}`: {e}", d.name))?;
-            self.hook_sources.write().unwrap_or_else(|e| e.into_inner()).insert(
-                d.name.clone(),
-                HookSource {
-                    view: stored.view,
-                    secret: Arc::new(secrecy::SecretBox::new(Box::new(secret.to_vec()))),
-                },
-            );
+            self.hook_sources
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    d.name.clone(),
+                    HookSource {
+                        view: stored.view,
+                        secret: Arc::new(secrecy::SecretBox::new(Box::new(secret.to_vec()))),
+                    },
+                );
         }
         let v = self.store.verify_audit().await?;
         if !v.ok {
@@ -678,13 +748,12 @@ impl Service {
             deleted_at: None,
         };
         let details = json!({"principal": p.id, "name": p.name, "kind": p.kind, "groups": p.groups});
-        self
-            .commit(Batch {
-                audit: vec![event(now, actor, "principal.created", details)],
-                principals: vec![PrincipalWrite::Insert(p.clone())],
-                ..Default::default()
-            })
-            .await?;
+        self.commit(Batch {
+            audit: vec![event(now, actor, "principal.created", details)],
+            principals: vec![PrincipalWrite::Insert(p.clone())],
+            ..Default::default()
+        })
+        .await?;
         self.directory.upsert(p.clone());
         Ok(p)
     }
@@ -736,18 +805,17 @@ impl Service {
         let key = new_api_key().map_err(|_| ApiError::internal())?;
         p.key_hash = Some(key_hash(&key));
         let now = self.clock.now();
-        self
-            .commit(Batch {
-                audit: vec![event(
-                    now,
-                    &caller.id,
-                    "principal.key_rotated",
-                    json!({"principal": p.id}),
-                )],
-                principals: vec![PrincipalWrite::Update(p.clone())],
-                ..Default::default()
-            })
-            .await?;
+        self.commit(Batch {
+            audit: vec![event(
+                now,
+                &caller.id,
+                "principal.key_rotated",
+                json!({"principal": p.id}),
+            )],
+            principals: vec![PrincipalWrite::Update(p.clone())],
+            ..Default::default()
+        })
+        .await?;
         self.directory.upsert(p);
         Ok(key)
     }
@@ -975,23 +1043,22 @@ impl Service {
             sealed: sealed.clone(),
         })
         .map_err(|_| ApiError::internal())?;
-        self
-            .commit(Batch {
-                targets: vec![TargetWrite::Insert(TargetRecord {
-                    name: doc.name.clone(),
-                    kind: doc.kind.as_str().into(),
-                    doc: text,
-                    created_at: now,
-                })],
-                audit: vec![event(
-                    now,
-                    &caller.id,
-                    "target.created",
-                    serde_json::to_value(&doc).unwrap_or_default(),
-                )],
-                ..Default::default()
-            })
-            .await?;
+        self.commit(Batch {
+            targets: vec![TargetWrite::Insert(TargetRecord {
+                name: doc.name.clone(),
+                kind: doc.kind.as_str().into(),
+                doc: text,
+                created_at: now,
+            })],
+            audit: vec![event(
+                now,
+                &caller.id,
+                "target.created",
+                serde_json::to_value(&doc).unwrap_or_default(),
+            )],
+            ..Default::default()
+        })
+        .await?;
         if let TargetProvider::Ssh(p) = &provider
             && let Err(e) = p.publish().await
         {
@@ -2069,6 +2136,322 @@ impl Service {
         Ok((events, next))
     }
 
+    fn add_trust(&self, view: crate::federation::TrustView) {
+        let inline = view
+            .jwks
+            .as_ref()
+            .and_then(|j| serde_json::from_value(j.clone()).ok());
+        self.trusts.write().unwrap_or_else(|e| e.into_inner()).insert(
+            view.name.clone(),
+            Arc::new(TrustEntry {
+                view,
+                inline,
+                keys: Mutex::new(crate::federation::KeyCache::default()),
+            }),
+        );
+    }
+
+    /// Creates a workload trust (admin).
+    pub async fn create_trust(
+        &self,
+        caller: &Caller,
+        req: crate::federation::CreateTrust,
+    ) -> ApiResult<crate::federation::TrustView> {
+        require_admin(caller)?;
+        check_name("`name`", &req.name)?;
+        let (algorithms, _) = crate::federation::check(&req).map_err(ApiError::invalid)?;
+        for r in &req.rules {
+            if self.directory.by_name(&r.principal).is_none() {
+                return Err(ApiError::invalid(format!(
+                    "rule principal `{}` does not exist",
+                    r.principal.escape_debug()
+                )));
+            }
+            if self.target_doc(&r.target).await.is_err() {
+                return Err(ApiError::invalid(format!(
+                    "rule target `{}` does not exist",
+                    r.target.escape_debug()
+                )));
+            }
+        }
+        if self
+            .trusts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|t| t.view.issuer == req.issuer)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                "a trust for this issuer exists",
+            ));
+        }
+        let now = self.clock.now();
+        let view = crate::federation::TrustView {
+            name: req.name,
+            issuer: req.issuer,
+            jwks_url: req.jwks_url,
+            jwks: req.jwks,
+            audience: req.audience,
+            algorithms,
+            leeway_s: req.leeway_s.unwrap_or(60),
+            grace_s: req.grace_s.unwrap_or(0),
+            rules: req.rules,
+            created_at: now,
+        };
+        self.commit(Batch {
+            documents: vec![stint_store::DocumentWrite::Insert(stint_store::DocumentRecord {
+                kind: "trust".into(),
+                name: view.name.clone(),
+                doc: serde_json::to_string(&view).map_err(|_| ApiError::internal())?,
+                created_at: now,
+            })],
+            audit: vec![event(
+                now,
+                &caller.id,
+                "trust.created",
+                json!({"name": view.name, "issuer": view.issuer, "rules": view.rules.len()}),
+            )],
+            ..Default::default()
+        })
+        .await?;
+        self.add_trust(view.clone());
+        Ok(view)
+    }
+
+    /// Lists trusts (admin).
+    pub fn trusts(&self, caller: &Caller) -> ApiResult<Vec<crate::federation::TrustView>> {
+        require_admin(caller)?;
+        let map = self.trusts.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.values().map(|t| t.view.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    /// The issuer's keys for a token naming `kid`: cached, refreshed when the kid is unknown.
+    async fn trust_keys(
+        &self,
+        t: &TrustEntry,
+        kid: Option<&str>,
+    ) -> Result<jsonwebtoken::jwk::JwkSet, crate::federation::ExchangeError> {
+        if let Some(set) = &t.inline {
+            return Ok(set.clone());
+        }
+        let url = t.view.jwks_url.clone().unwrap_or_default();
+        let mut cache = t.keys.lock().await;
+        let now = std::time::Instant::now();
+        if let Some(set) = cache.usable(kid, now) {
+            return Ok(set);
+        }
+        if !cache.may_fetch(now) {
+            // Asked again too soon: answer from what we have.
+            return cache
+                .any()
+                .ok_or_else(|| crate::federation::ExchangeError::Unavailable("no JWKS yet".into()));
+        }
+        let set = crate::federation::fetch_jwks(&self.http, &url).await?;
+        cache.store(set.clone(), now);
+        Ok(set)
+    }
+
+    /// RFC 8693 token exchange: a workload's ID token for an access token of the session bound to
+    /// its run (created on the first exchange, reused by later ones while active).
+    pub async fn exchange(
+        &self,
+        f: ExchangeForm,
+    ) -> Result<ExchangeAnswer, crate::federation::ExchangeError> {
+        use crate::federation::{ExchangeError as E, claim_text, header_of, matching_rule, verify};
+        let token = f
+            .subject_token
+            .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
+            .ok_or_else(|| E::InvalidRequest("`subject_token` is required".into()))?;
+        match f.subject_token_type.as_deref() {
+            Some("urn:ietf:params:oauth:token-type:id_token" | "urn:ietf:params:oauth:token-type:jwt") => {}
+            _ => {
+                return Err(E::InvalidRequest(
+                    "`subject_token_type` must be urn:ietf:params:oauth:token-type:id_token (or …:jwt)"
+                        .into(),
+                ));
+            }
+        }
+        if f.requested_token_type
+            .as_deref()
+            .is_some_and(|t| t != "urn:ietf:params:oauth:token-type:access_token")
+        {
+            return Err(E::InvalidRequest("only access tokens are issued".into()));
+        }
+        let audience = f
+            .audience
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| E::InvalidTarget("`audience` (the target's name) is required".into()))?;
+        // The trust is found by the token's (not yet verified) issuer; everything is verified next.
+        let iss = unverified_issuer(&token)
+            .ok_or_else(|| E::InvalidRequest("`subject_token` is not a JWT".into()))?;
+        let trust = self
+            .trusts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|t| t.view.issuer == iss)
+            .cloned()
+            .ok_or_else(|| E::InvalidRequest("no trust for the token's issuer".into()))?;
+        let (alg, kid) = header_of(&token, &trust.view)?;
+        let keys = self.trust_keys(&trust, kid.as_deref()).await?;
+        let now = self.clock.now();
+        let claims = verify(
+            &token,
+            &trust.view,
+            alg,
+            kid.as_deref(),
+            &keys,
+            now.unix_timestamp(),
+        )?;
+        let rule = matching_rule(&trust.view, &claims, &audience)?;
+        let jti =
+            claim_text(&claims, "jti").ok_or_else(|| E::InvalidRequest("the token has no `jti`".into()))?;
+        let guard = format!("{iss}|{jti}");
+        let seen = self
+            .store
+            .seen("id_token_jti", &guard, now)
+            .await
+            .map_err(|_| E::Unavailable("store".into()))?;
+        if seen {
+            return Err(E::InvalidRequest("this ID token was already exchanged".into()));
+        }
+        let reference = claim_text(&claims, &rule.binding.ref_claim)
+            .filter(|r| !r.is_empty() && r.len() <= 200)
+            .ok_or_else(|| {
+                E::InvalidRequest(format!(
+                    "the token has no usable `{}` claim",
+                    rule.binding.ref_claim
+                ))
+            })?;
+        let principal = self
+            .directory
+            .by_name(&rule.principal)
+            .ok_or_else(|| E::InvalidTarget("the rule's principal no longer exists".into()))?;
+        let target = self
+            .target_doc(&rule.target)
+            .await
+            .map_err(|_| E::InvalidTarget("the rule's target no longer exists".into()))?;
+        let exp = claims.get("exp").and_then(serde_json::Value::as_i64).unwrap_or(0);
+        let grace = i64::try_from(trust.view.grace_s).unwrap_or(0);
+        let left = exp + grace - now.unix_timestamp();
+        let ttl_s = rule
+            .ttl_s
+            .unwrap_or(target.max_ttl_s)
+            .min(target.max_ttl_s)
+            .min(u64::try_from(left).unwrap_or(0));
+        if ttl_s == 0 {
+            return Err(E::InvalidRequest("the token expires too soon".into()));
+        }
+        let binding = Binding {
+            kind: rule.binding.kind,
+            reference: Some(reference.clone()),
+        };
+        let kind_name = serde_json::to_value(binding.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _one = self.exchange_lock.lock().await;
+        let existing = self
+            .store
+            .sessions(&SessionFilter {
+                target: Some(target.name.clone()),
+                state: Some(State::Active),
+                binding: Some((kind_name, reference.clone())),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| E::Unavailable("store".into()))?
+            .into_iter()
+            .find(|v| v.session.principal.as_str() == principal.id && v.session.is_live(now));
+        let sid = match existing {
+            Some(v) => v.session.id,
+            None => {
+                let req = CreateSession {
+                    target: target.name.clone(),
+                    reason: format!(
+                        "token exchange via trust {} for {}",
+                        trust.view.name,
+                        claim_text(&claims, "sub")
+                            .unwrap_or_default()
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    ),
+                    ttl_s,
+                    binding: Some(binding.clone()),
+                    not_before: None,
+                    idle_timeout_s: None,
+                    max_uses: None,
+                    break_glass: false,
+                };
+                let s = self.request(&principal, req).await.map_err(|e| match e.code {
+                    "binding_closed" => E::InvalidRequest("the run has already completed".into()),
+                    "policy_denied" | "unknown_target" => E::InvalidTarget(e.detail.clone()),
+                    _ => E::InvalidRequest(e.detail.clone()),
+                })?;
+                if s.state != State::Active {
+                    let _ = self
+                        .mutate(
+                            &s.id,
+                            |_, _| Ok(vec![Event::Cancel { by: Actor::System }]),
+                            |_| (),
+                        )
+                        .await;
+                    return Err(E::InvalidTarget(
+                        "the target needs approvals; token exchange serves targets without approval".into(),
+                    ));
+                }
+                s.id
+            }
+        };
+        let now = self.clock.now();
+        let leeway = i64::try_from(trust.view.leeway_s).unwrap_or(60);
+        self.commit(Batch {
+            seen: vec![stint_store::SeenRecord {
+                kind: "id_token_jti".into(),
+                key: guard,
+                expires_at: time::OffsetDateTime::from_unix_timestamp(exp + leeway).unwrap_or(now),
+                recorded_at: now,
+            }],
+            audit: vec![PendingAudit {
+                at: now,
+                actor: principal.id.clone(),
+                action: "token.exchanged".into(),
+                session: Some(sid.clone()),
+                details: json!({
+                    "trust": trust.view.name,
+                    "issuer": iss,
+                    "sub": claim_text(&claims, "sub"),
+                    "jti": jti,
+                    "binding": binding,
+                }),
+            }],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| match e.code {
+            "already_exists" => E::InvalidRequest("this ID token was already exchanged".into()),
+            _ => E::Unavailable("store".into()),
+        })?;
+        drop(_one);
+        let issued = self
+            .issue_jwt(sid.clone(), &target)
+            .await
+            .map_err(|e| E::InvalidRequest(e.detail))?;
+        Ok(ExchangeAnswer {
+            access_token: issued.token,
+            issued_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+            token_type: "Bearer".into(),
+            expires_in: (issued.expires_at - self.clock.now()).whole_seconds().max(0),
+            session: sid.to_string(),
+        })
+    }
+
     /// Creates a hook source (admin); its secret is sealed at rest and never shown again.
     pub async fn create_hook_source(
         &self,
@@ -2086,7 +2469,9 @@ impl Service {
             (SourceKind::Ticket, Some(m)) => {
                 for p in [&m.ref_pointer, &m.status_pointer] {
                     if !p.starts_with('/') || p.len() > 256 {
-                        return Err(ApiError::invalid("mapping pointers are JSON pointers like `/issue/key`"));
+                        return Err(ApiError::invalid(
+                            "mapping pointers are JSON pointers like `/issue/key`",
+                        ));
                     }
                 }
                 if m.closing_statuses.is_empty() || m.closing_statuses.len() > 32 {
@@ -2128,13 +2513,16 @@ impl Service {
             ..Default::default()
         })
         .await?;
-        self.hook_sources.write().unwrap_or_else(|e| e.into_inner()).insert(
-            req.name.clone(),
-            HookSource {
-                view: view.clone(),
-                secret: Arc::new(secrecy::SecretBox::new(Box::new(req.secret.into_bytes()))),
-            },
-        );
+        self.hook_sources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                req.name.clone(),
+                HookSource {
+                    view: view.clone(),
+                    secret: Arc::new(secrecy::SecretBox::new(Box::new(req.secret.into_bytes()))),
+                },
+            );
         Ok(view)
     }
 
@@ -2186,8 +2574,12 @@ impl Service {
         };
         crate::hooks::verify_signature(src.secret.expose_secret(), body, sig_header).map_err(refused)?;
         if src.view.kind != SourceKind::Github {
-            crate::hooks::check_timestamp(header("x-stint-timestamp"), now.unix_timestamp(), self.cfg.hook_tolerance_s)
-                .map_err(refused)?;
+            crate::hooks::check_timestamp(
+                header("x-stint-timestamp"),
+                now.unix_timestamp(),
+                self.cfg.hook_tolerance_s,
+            )
+            .map_err(refused)?;
         }
         let event_id = event_id
             .filter(|e| !e.is_empty() && e.len() <= 200)
@@ -2256,7 +2648,9 @@ impl Service {
             }
         }
         if ids.is_empty() {
-            extra.audit.push(event(now, &format!("hook:{source}"), "hook.received", details));
+            extra
+                .audit
+                .push(event(now, &format!("hook:{source}"), "hook.received", details));
         }
         let ended: Vec<String> = ids.iter().map(ToString::to_string).collect();
         match self.end_all(ids, Actor::System, EndReason::Event, extra).await {
@@ -2439,6 +2833,17 @@ impl Service {
             .collect();
         Ok((kid, published))
     }
+}
+
+/// The `iss` claim of a JWT, read without verifying it (only to pick the trust that verifies it).
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_owned)
 }
 
 /// A provider failure as an API error (the message never holds secrets).

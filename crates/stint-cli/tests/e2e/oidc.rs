@@ -15,9 +15,7 @@ use std::thread::JoinHandle;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
 use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
@@ -87,36 +85,42 @@ impl SigningKey {
                     "e": b64(public.exponent().big_endian_without_leading_zero()),
                 });
                 let spki = public.as_der().expect("RSA SPKI").as_ref().to_vec();
-                (EncodingKey::from_rsa_pem(pem.as_bytes()).expect("RSA key"), jwk, spki)
+                let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).expect("RSA key");
+                (encoding, jwk, spki)
             }
             Alg::Es256 => {
                 let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                     .expect("P-256 keygen");
                 let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
                     .expect("P-256 key");
-                let point = pair.public_key().as_ref(); // uncompressed: 0x04 || x || y
+                let public = pair.public_key();
+                let point = public.as_ref(); // uncompressed: 0x04 || x || y
                 assert!(point.len() == 65 && point[0] == 4, "uncompressed P-256 point");
                 let jwk = json!({
                     "kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..]),
                 });
-                let spki = pair.public_key().as_der().expect("EC SPKI").as_ref().to_vec();
+                let spki = public.as_der().expect("EC SPKI").as_ref().to_vec();
                 (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk, spki)
             }
             Alg::EdDsa => {
                 let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("Ed25519 keygen");
                 let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("Ed25519 key");
+                let public = pair.public_key();
                 // Built from the public key: `Jwk::from_encoding_key` rejects PKCS#8 v2 Ed25519 keys.
-                let jwk = json!({
-                    "kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref()),
-                });
-                let spki = pair.public_key().as_der().expect("Ed25519 SPKI").as_ref().to_vec();
+                let jwk = json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(public.as_ref()) });
+                let spki = public.as_der().expect("Ed25519 SPKI").as_ref().to_vec();
                 (EncodingKey::from_ed_der(pkcs8.as_ref()), jwk, spki)
             }
         };
         jwk["kid"] = json!(kid);
         jwk["alg"] = json!(alg.name());
         jwk["use"] = json!("sig");
-        SigningKey { kid, encoding, jwk, public_pem: pem("PUBLIC KEY", &spki) }
+        SigningKey {
+            kid,
+            encoding,
+            jwk,
+            public_pem: pem("PUBLIC KEY", &spki),
+        }
     }
 }
 
@@ -146,7 +150,9 @@ pub struct Issuer {
 
 impl std::fmt::Debug for Issuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issuer").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Issuer")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -154,7 +160,9 @@ impl Issuer {
     /// Generates an RS256 (RSA-2048), an ES256 (P-256) and an EdDSA (Ed25519) key and serves discovery and
     /// the JWKS on a free loopback port.
     pub async fn start() -> Issuer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind issuer");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind issuer");
         let url = format!("http://{}", listener.local_addr().expect("issuer addr"));
         let listener = listener.into_std().expect("std listener");
         let shared = Arc::new(Shared {
@@ -181,7 +189,12 @@ impl Issuer {
             });
             // Dropping the runtime here also drops open keep-alive connections.
         });
-        Issuer { url, shared, stop: Some(stop), thread: Some(thread) }
+        Issuer {
+            url,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     /// `{url}/jwks`.
@@ -248,11 +261,6 @@ impl Issuer {
     pub fn jwks_fetches(&self) -> usize {
         self.shared.jwks_fetches.load(Ordering::SeqCst)
     }
-
-    /// The PEM of the current RSA public key (the HMAC secret of [`hs256_with_public_key`]).
-    fn rsa_public_pem(&self) -> String {
-        self.shared.keys.read().unwrap()[Alg::Rs256.index()].public_pem.clone()
-    }
 }
 
 impl Drop for Issuer {
@@ -291,10 +299,11 @@ pub fn unsigned_token(claims: &Value) -> String {
 /// The classic algorithm-confusion forgery: HS256 keyed with the PEM (SubjectPublicKeyInfo) of the issuer's
 /// current RSA public key, with that key's kid in the header.
 pub fn hs256_with_public_key(issuer: &Issuer, claims: &Value) -> String {
-    let kid = issuer.shared.keys.read().unwrap()[Alg::Rs256.index()].kid.clone();
+    let keys = issuer.shared.keys.read().unwrap();
+    let rsa = &keys[Alg::Rs256.index()];
     let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some(kid);
-    let key = EncodingKey::from_secret(issuer.rsa_public_pem().as_bytes());
+    header.kid = Some(rsa.kid.clone());
+    let key = EncodingKey::from_secret(rsa.public_pem.as_bytes());
     jsonwebtoken::encode(&header, claims, &key).expect("sign HS256")
 }
 
@@ -331,5 +340,8 @@ fn pem(label: &str, der: &[u8]) -> String {
         .chunks(64)
         .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
         .collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
