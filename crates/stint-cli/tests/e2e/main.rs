@@ -5,8 +5,11 @@
 mod bad_input;
 mod cli;
 mod crash;
+mod events;
+mod federation;
 mod flows;
 mod harness;
+mod oidc;
 mod pg;
 mod smoke;
 mod ssh;
