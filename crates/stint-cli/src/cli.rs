@@ -110,6 +110,21 @@ enum Command {
     },
     /// Run the reconcile sweep now (admin): revoke what exists in targets but no live session owns.
     Reconcile,
+    /// Workload trusts for token exchange (admin).
+    #[command(subcommand)]
+    Trust(DocCmd),
+    /// Hook sources that end sessions when an activity closes (admin).
+    #[command(subcommand)]
+    HookSource(DocCmd),
+    /// Exchange a workload's OIDC ID token for an access token (RFC 8693); prints the token.
+    Exchange {
+        /// The target's name.
+        #[arg(long)]
+        target: String,
+        /// File holding the ID token (`-` for stdin); e.g. what a CI runner's OIDC endpoint returned.
+        #[arg(long)]
+        id_token_file: PathBuf,
+    },
     /// Print the revocation stream live (resource servers and admins).
     Watch {
         /// Resume after this event id.
@@ -230,6 +245,20 @@ enum TargetCmd {
     },
 }
 
+/// Create or list a configuration document (trust, hook source).
+#[derive(Debug, Subcommand)]
+enum DocCmd {
+    /// Create one from a JSON file (see docs/events.md); the file may hold a secret, so it is
+    /// never echoed.
+    Create {
+        /// The JSON body.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List them.
+    List,
+}
+
 #[derive(Debug, Subcommand)]
 enum AuditCmd {
     /// Verify the whole chain.
@@ -308,6 +337,36 @@ pub struct SshArgs {
     /// Arguments for ssh: the host (`user@host`) and options or a remote command.
     #[arg(last = true, required = true)]
     pub args: Vec<String>,
+}
+
+async fn doc_command(c: &Client, path: &str, d: DocCmd, json: bool) -> anyhow::Result<()> {
+    match d {
+        DocCmd::Create { file } => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let body: Value = serde_json::from_str(&text)
+                .map_err(|_| anyhow::anyhow!("{} must hold a JSON object", file.display()))?;
+            let v = c.post(path, body).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{} created", s(&v["name"]));
+            }
+        }
+        DocCmd::List => {
+            let v = c.get(path).await?;
+            print_list(
+                &v,
+                json,
+                &[
+                    ("name", &field("name")),
+                    ("kind", &field("kind")),
+                    ("issuer", &field("issuer")),
+                ],
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Builds the JSON body of a session request.
@@ -654,6 +713,27 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Ssh(a) => return crate::ssh::run(client()?, a).await,
+        Command::Trust(d) => doc_command(&client()?, "/v1/trusts", d, cli.json).await?,
+        Command::HookSource(d) => doc_command(&client()?, "/v1/hook-sources", d, cli.json).await?,
+        Command::Exchange {
+            target,
+            id_token_file,
+        } => {
+            let token = if id_token_file.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+                t
+            } else {
+                std::fs::read_to_string(&id_token_file)
+                    .with_context(|| format!("reading {}", id_token_file.display()))?
+            };
+            let v = client()?.exchange(token.trim(), &target).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v["access_token"]));
+            }
+        }
         Command::Watch { after } => client()?.watch(after, cli.json).await?,
         Command::End { id } => {
             let v = client()?

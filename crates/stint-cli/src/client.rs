@@ -99,6 +99,32 @@ impl Client {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// RFC 8693 token exchange (no API key: the ID token is the credential).
+    pub async fn exchange(&self, id_token: &str, target: &str) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}/oauth2/token", self.base))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", id_token),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
+                ("audience", target),
+            ])
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the stint server at {}", self.base))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            anyhow::bail!(
+                "token exchange refused ({}): {}",
+                v["error"].as_str().unwrap_or("error"),
+                v["error_description"].as_str().unwrap_or("")
+            );
+        }
+        Ok(v)
+    }
+
     /// GET of a binary body (e.g. a KRL).
     pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
         let resp = self

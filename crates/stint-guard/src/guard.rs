@@ -20,6 +20,8 @@ use crate::stream;
 
 /// Tokens longer than this are refused unread.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Longer key ids never trigger a key-set fetch (and are not remembered by the limiter).
+const MAX_KID_LEN: usize = 256;
 /// An unknown key id triggers at most one key-set fetch per this interval.
 const REFRESH_PER_KID: Duration = Duration::from_secs(10);
 /// And no two fetches for unknown key ids start closer than this.
@@ -121,7 +123,7 @@ impl Guard {
             stream::Settings {
                 http,
                 url: stream_url,
-                api_key: SecretString::from(cfg.api_key.expose_secret()),
+                api_key: cfg.api_key,
                 staleness: cfg.max_stream_staleness,
                 replay_from: cfg.replay_from,
             },
@@ -416,11 +418,15 @@ fn signature_only() -> Validation {
     v
 }
 
+/// The key id of a token, if it is one worth fetching the key set for.
 fn kid_of(token: &str) -> Option<String> {
     if token.len() > MAX_TOKEN_LEN {
         return None;
     }
-    jsonwebtoken::decode_header(token).ok()?.kid
+    jsonwebtoken::decode_header(token)
+        .ok()?
+        .kid
+        .filter(|kid| kid.len() <= MAX_KID_LEN)
 }
 
 fn secs(d: Duration) -> i64 {
