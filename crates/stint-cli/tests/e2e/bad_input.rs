@@ -371,6 +371,11 @@ fn all_routes(e: &Env) -> Vec<(Method, String, RawBody)> {
         (Method::POST, "/v1/keys/rotate".into(), RawBody::Empty),
         (Method::GET, "/v1/targets/api/krl".into(), RawBody::Empty),
         (Method::POST, "/v1/reconcile".into(), j(json!({}))),
+        (Method::GET, "/v1/trusts".into(), RawBody::Empty),
+        (Method::POST, "/v1/trusts".into(), j(trust_body())),
+        (Method::GET, "/v1/hook-sources".into(), RawBody::Empty),
+        (Method::POST, "/v1/hook-sources".into(), j(hook_source_body())),
+        (Method::GET, "/v1/events/stream".into(), RawBody::Empty),
         (
             Method::POST,
             "/oauth2/introspect".into(),
@@ -397,7 +402,19 @@ fn json_routes(e: &Env) -> Vec<(Who, Method, String)> {
         (Who::Ci, Method::POST, format!("/v1/sessions/{a}/end")),
         (Who::Ci, Method::POST, format!("/v1/sessions/{a}/credentials")),
         (Who::Admin, Method::POST, "/v1/reconcile".into()),
+        (Who::Admin, Method::POST, "/v1/trusts".into()),
+        (Who::Admin, Method::POST, "/v1/hook-sources".into()),
     ]
+}
+
+fn trust_body() -> Value {
+    json!({"name": "t", "issuer": "https://issuer.example", "jwks_url": "https://issuer.example/jwks",
+           "audience": "a", "rules": [{"match": {}, "principal": "ci", "target": "api",
+           "binding": {"kind": "pipeline", "ref_claim": "run_id"}}]})
+}
+
+fn hook_source_body() -> Value {
+    json!({"name": "h", "kind": "generic", "secret": "0123456789abcdef0123"})
 }
 
 #[tokio::test]
@@ -1082,6 +1099,10 @@ async fn non_admins_are_forbidden_on_admin_routes() {
         (Method::GET, "/v1/audit/verify".into(), RawBody::Empty),
         (Method::POST, "/v1/keys/rotate".into(), RawBody::Empty),
         (Method::POST, "/v1/reconcile".into(), j(json!({}))),
+        (Method::GET, "/v1/trusts".into(), RawBody::Empty),
+        (Method::POST, "/v1/trusts".into(), j(trust_body())),
+        (Method::GET, "/v1/hook-sources".into(), RawBody::Empty),
+        (Method::POST, "/v1/hook-sources".into(), j(hook_source_body())),
     ];
     let mut cases = Vec::new();
     for who in [Who::Ci, Who::Alice, Who::Rs] {
