@@ -41,6 +41,10 @@ pub struct Config {
     pub target_connect_timeout_ms: u64,
     /// How far a hook's `X-Stint-Timestamp` may be from now.
     pub hook_tolerance_s: u64,
+    /// Workload trusts declared in the configuration file (`[[trusts]]` tables, same fields as
+    /// `POST /v1/trusts`, plus `jwks_file` for keys read from a file). Created at start when missing.
+    #[serde(default)]
+    pub trusts: Vec<serde_json::Value>,
 }
 
 impl Default for Config {
@@ -60,6 +64,7 @@ impl Default for Config {
             reconcile_interval_s: 300,
             target_connect_timeout_ms: 5000,
             hook_tolerance_s: 300,
+            trusts: Vec::new(),
         }
     }
 }

@@ -384,6 +384,7 @@ impl Service {
                 .map_err(|e| anyhow::anyhow!("trust `{}` is unreadable: {e}", d.name))?;
             self.add_trust(view);
         }
+        self.load_configured_trusts().await?;
         for d in self.store.documents("hook_source").await? {
             let stored: crate::hooks::StoredHookSource = serde_json::from_str(&d.doc)
                 .map_err(|e| anyhow::anyhow!("hook source `{}` is unreadable: {e}", d.name))?;
@@ -2158,9 +2159,20 @@ impl Service {
         req: crate::federation::CreateTrust,
     ) -> ApiResult<crate::federation::TrustView> {
         require_admin(caller)?;
+        self.insert_trust(&caller.id, req, true).await
+    }
+
+    /// Stores a trust. `strict` also requires its rules' principals and targets to exist (the API);
+    /// trusts from the configuration file may name ones an admin creates later.
+    async fn insert_trust(
+        &self,
+        actor: &str,
+        req: crate::federation::CreateTrust,
+        strict: bool,
+    ) -> ApiResult<crate::federation::TrustView> {
         check_name("`name`", &req.name)?;
         let (algorithms, _) = crate::federation::check(&req).map_err(ApiError::invalid)?;
-        for r in &req.rules {
+        for r in req.rules.iter().filter(|_| strict) {
             if self.directory.by_name(&r.principal).is_none() {
                 return Err(ApiError::invalid(format!(
                     "rule principal `{}` does not exist",
@@ -2209,7 +2221,7 @@ impl Service {
             })],
             audit: vec![event(
                 now,
-                &caller.id,
+                actor,
                 "trust.created",
                 json!({"name": view.name, "issuer": view.issuer, "rules": view.rules.len()}),
             )],
@@ -2218,6 +2230,41 @@ impl Service {
         .await?;
         self.add_trust(view.clone());
         Ok(view)
+    }
+
+    /// Creates the trusts the configuration file declares and the store does not have yet (a `jwks_file`
+    /// is read and its keys kept inline). A configured trust that differs from the stored one is left
+    /// as stored, with a warning: change trusts in one place.
+    async fn load_configured_trusts(&self) -> anyhow::Result<()> {
+        for raw in &self.cfg.trusts {
+            let mut raw = raw.clone();
+            if let Some(path) = raw.get("jwks_file").and_then(|p| p.as_str()).map(str::to_owned) {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("trust jwks_file `{path}`: {e}"))?;
+                let jwks: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|_| anyhow::anyhow!("trust jwks_file `{path}` is not JSON"))?;
+                if let Some(o) = raw.as_object_mut() {
+                    o.remove("jwks_file");
+                    o.insert("jwks".into(), jwks);
+                }
+            }
+            let req: crate::federation::CreateTrust = serde_json::from_value(raw)
+                .map_err(|e| anyhow::anyhow!("a configured trust is invalid: {e}"))?;
+            let name = req.name.clone();
+            let exists = self
+                .trusts
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&name);
+            if exists {
+                tracing::info!(trust = %name, "configured trust already stored; the stored one is used");
+                continue;
+            }
+            self.insert_trust("config", req, false)
+                .await
+                .map_err(|e| anyhow::anyhow!("configured trust `{name}`: {}", e.detail))?;
+        }
+        Ok(())
     }
 
     /// Lists trusts (admin).

@@ -339,3 +339,44 @@ async fn trusts_refuse_bad_configuration() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
 }
+
+#[tokio::test]
+async fn trusts_can_be_declared_in_the_configuration_file_with_keys_from_a_file() {
+    let issuer = Issuer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, issuer.jwks_json().to_string()).expect("write jwks");
+    let toml = format!(
+        r#"
+[[trusts]]
+name = "from-config"
+issuer = "{iss}"
+jwks_file = "{jwks}"
+audience = "https://stint.example"
+[[trusts.rules]]
+principal = "ci-deployer"
+target = "deploy-api"
+ttl_s = 600
+[trusts.rules.match]
+repository = "acme/deploy"
+[trusts.rules.binding]
+kind = "pipeline"
+ref_claim = "run_id"
+"#,
+        iss = issuer.url,
+        jwks = jwks.display()
+    );
+    let server = Server::start_with_config(&toml).await;
+    let admin = server.admin();
+    // The principal and target may come after the trust.
+    admin.principal("ci-deployer", "ci_job", &["deployers"]).await;
+    admin
+        .post("/v1/targets", json!({"name": "deploy-api", "kind": "jwt", "max_ttl_s": 3600, "requester_groups": ["deployers"]}))
+        .await;
+    let (_, trusts) = admin.get("/v1/trusts").await;
+    assert_eq!(trusts["items"][0]["name"], "from-config", "{trusts}");
+    let claims = issuer.github_claims("https://stint.example", "12");
+    let (st, v) = exchange(&server, &issuer.mint(Alg::EdDsa, &claims), "deploy-api").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(issuer.jwks_fetches(), 0, "keys came from the file");
+}

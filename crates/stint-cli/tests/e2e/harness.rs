@@ -52,8 +52,30 @@ impl Server {
         s
     }
 
+    /// Starts a server with a configuration file (TOML) on a fresh temp data dir and waits until ready.
+    pub async fn start_with_config(toml: &str) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = tmp.path().join("stint.toml");
+        std::fs::write(&cfg, toml).expect("write config");
+        let dir = tmp.path().join("data");
+        let mut s = Self::spawn_with(
+            &dir,
+            &keygen(),
+            &[],
+            &["--config".into(), cfg.display().to_string()],
+        );
+        s._tmp = Some(tmp);
+        s.wait_ready().await;
+        s
+    }
+
     /// Starts a server on an existing data dir without waiting for readiness.
     pub fn spawn(dir: &Path, admin: &str, env: &[(&str, &str)]) -> Server {
+        Self::spawn_with(dir, admin, env, &[])
+    }
+
+    /// Same, with extra command-line arguments for `stint server`.
+    pub fn spawn_with(dir: &Path, admin: &str, env: &[(&str, &str)], args: &[String]) -> Server {
         std::fs::create_dir_all(dir).expect("mkdir");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -63,6 +85,7 @@ impl Server {
         let mut cmd = Command::new(bin());
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(args)
             .env("STINT_BOOTSTRAP_ADMIN_KEY", admin)
             .env("STINT_LOG", "info")
             .stdin(Stdio::null())
