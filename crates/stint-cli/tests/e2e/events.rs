@@ -426,3 +426,45 @@ async fn the_revocation_stream_pushes_ends_with_signed_caep_tokens_and_resumes()
         StatusCode::UNPROCESSABLE_ENTITY
     );
 }
+
+#[tokio::test]
+async fn stint_watch_prints_the_stream() {
+    use std::io::BufRead;
+    let v = vendor().await;
+    let mut child = std::process::Command::new(crate::harness::bin())
+        .args(["watch", "--json"])
+        .env("STINT_ADDR", &v.server.addr)
+        .env("STINT_TOKEN", &v.rs.key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("stint watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Give it a moment to subscribe, then end a session.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sid, _) = ticket_session(&v, "OT-9").await;
+    v.vendor.post(&format!("/v1/sessions/{sid}/end"), json!({})).await;
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        let ev: Value = serde_json::from_str(&line).expect("one JSON event per line");
+        let done = ev["type"] == "session.ended";
+        seen.push(ev);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|e| e["type"] == "session.ended" && e["sid"] == sid.as_str()),
+        "{seen:?}"
+    );
+}
