@@ -548,7 +548,7 @@ pub const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events",
     description = "Server-Sent Events: `session.ended` (with a signed CAEP session-revoked SET in `set`) and \
                    `credential.revoked`, each with `sid`, `jtis`, `reason`, `at`. The SSE `id` is the audit \
-                   seq; send `Last-Event-ID` to resume. A `: connected` comment comes first, `: keep-alive` \
+                   seq; send `Last-Event-ID` to resume. A `: connected` comment follows the replay, `: keep-alive` \
                    every 10 s. Callers: resource servers and admins.",
     params(("Last-Event-ID" = Option<i64>, Header, description = "resume after this event id")),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
@@ -581,16 +581,15 @@ async fn event_stream(
         Some(n) => n,
         None => svc.store.audit_head().await.map_err(ApiError::from)?,
     };
-    let state = (svc, rx, cursor, std::collections::VecDeque::<Event>::new(), true);
-    let stream =
-        futures_util::stream::unfold(state, |(svc, mut rx, mut cursor, mut queue, first)| async move {
-            if first {
-                let hello = Event::default().comment("connected");
-                return Some((Ok(hello), (svc, rx, cursor, queue, false)));
-            }
+    // `: connected` comes once the replay (if any) has been sent, so a client that trusts the stream
+    // from that comment on has every revocation it asked for.
+    let state = (svc, rx, cursor, std::collections::VecDeque::<Event>::new(), false);
+    let stream = futures_util::stream::unfold(
+        state,
+        |(svc, mut rx, mut cursor, mut queue, connected)| async move {
             loop {
                 if let Some(e) = queue.pop_front() {
-                    return Some((Ok(e), (svc, rx, cursor, queue, false)));
+                    return Some((Ok(e), (svc, rx, cursor, queue, connected)));
                 }
                 match svc.events_after(cursor, 500).await {
                     Ok((events, next)) if next > cursor => {
@@ -604,12 +603,17 @@ async fn event_stream(
                     Ok(_) => {}
                     Err(e) => tracing::warn!(code = e.code, "event stream: reading the audit log failed"),
                 }
+                if !connected {
+                    let hello = Event::default().comment("connected");
+                    return Some((Ok(hello), (svc, rx, cursor, queue, true)));
+                }
                 // Nothing new: wait for the next commit (or the server shutting down).
                 if rx.changed().await.is_err() {
                     return None;
                 }
             }
-        });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(STREAM_KEEPALIVE).text("keep-alive")))
 }
 

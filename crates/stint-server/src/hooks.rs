@@ -251,6 +251,7 @@ pub fn closed_ref_key(kind: BindingKind, reference: &str) -> String {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -464,7 +464,8 @@ async fn stint_watch_prints_the_stream() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        seen.iter().any(|e| e["type"] == "session.ended" && e["sid"] == sid.as_str()),
+        seen.iter()
+            .any(|e| e["type"] == "session.ended" && e["sid"] == sid.as_str()),
         "{seen:?}"
     );
 }

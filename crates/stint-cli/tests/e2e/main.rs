@@ -8,6 +8,7 @@ mod crash;
 mod events;
 mod federation;
 mod flows;
+mod guard;
 mod harness;
 mod oidc;
 mod pg;
