@@ -54,6 +54,9 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/targets/{name}/krl", get(target_krl))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/events/stream", get(event_stream))
+        .route("/v1/sessions/{id}/challenge", post(challenge))
+        .route("/v1/sessions/{id}/review", post(review))
+        .route("/v1/reviews", get(reviews))
         .route("/v1/trusts", post(create_trust).get(list_trusts))
         .route("/oauth2/token", post(token_exchange))
         .route(
@@ -499,15 +502,12 @@ async fn credentials(
     PathId(id): PathId,
     OptionalBody(b): OptionalBody<CredentialRequest>,
 ) -> ApiResult<(StatusCode, Json<IssuedCredential>)> {
-    if b.nonce.is_some() {
-        return Err(ApiError::invalid(
-            "`nonce` is only accepted for break-glass sessions",
-        ));
-    }
     if b.public_key.as_ref().is_some_and(|k| k.len() > 16 * 1024) {
         return Err(ApiError::invalid("`public_key` is too long"));
     }
-    let issued = svc.issue_credential(&c, &id, b.public_key.as_deref()).await?;
+    let issued = svc
+        .issue_credential(&c, &id, b.public_key.as_deref(), b.nonce.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -726,6 +726,66 @@ async fn token_exchange(
             })
         }
     }
+}
+
+/// `POST /v1/sessions/{id}/challenge` answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Challenge {
+    /// Single-use nonce for the next credential request of this break-glass session.
+    pub nonce: String,
+    /// When it stops being accepted (60 s).
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: time::OffsetDateTime,
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/challenge", tag = "break-glass",
+    description = "Step-up for break-glass sessions: a fresh single-use nonce that the next `POST /v1/sessions/{id}/credentials` must carry.",
+    responses((status = 200, body = Challenge), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn challenge(
+    State(svc): Svc,
+    Auth(c): Auth,
+    PathId(id): PathId,
+    OptionalBody(_b): OptionalBody<EmptyBody>,
+) -> ApiResult<Json<Challenge>> {
+    let (nonce, expires_at) = svc.challenge(&c, &id).await?;
+    Ok(Json(Challenge { nonce, expires_at }))
+}
+
+/// `POST /v1/sessions/{id}/review`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// `justified` or `unjustified`.
+    pub verdict: String,
+    /// What the reviewer found (1–1000 characters).
+    pub notes: String,
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/review", tag = "break-glass", request_body = ReviewRequest,
+    responses((status = 200, description = "the recorded review"), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("api_key" = [])))]
+async fn review(
+    State(svc): Svc,
+    Auth(c): Auth,
+    PathId(id): PathId,
+    Body(b): Body<ReviewRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(svc.review(&c, &id, &b.verdict, &b.notes).await?))
+}
+
+#[utoipa::path(get, path = "/v1/reviews", tag = "break-glass",
+    description = "Break-glass sessions waiting for a human review (approvers and admins).",
+    responses((status = 200, body = List<SessionView>), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn reviews(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<List<SessionView>>> {
+    let items = svc.reviews(&c).await?;
+    Ok(Json(List {
+        items: items.iter().map(SessionView::from).collect(),
+        next_cursor: None,
+    }))
 }
 
 /// An empty JSON object (or no body).
@@ -992,7 +1052,7 @@ impl utoipa::Modify for Conventions {
         healthz, readyz, metrics_text, openapi, jwks, as_metadata,
         create_principal, list_principals, get_principal, delete_principal, rotate_key,
         create_target, list_targets, get_target, patch_target, delete_target,
-        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, event_stream, create_trust, list_trusts, token_exchange, create_hook_source, list_hook_sources, receive_hook, evidence,
+        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, event_stream, challenge, review, reviews, create_trust, list_trusts, token_exchange, create_hook_source, list_hook_sources, receive_hook, evidence,
         audit, audit_verify, rotate_keys, introspect, revoke,
     ),
     components(schemas(Problem, Health, TokenForm, CredentialRequest, EmptyBody))

@@ -41,6 +41,18 @@ pub struct Config {
     pub target_connect_timeout_ms: u64,
     /// How far a hook's `X-Stint-Timestamp` may be from now.
     pub hook_tolerance_s: u64,
+    /// Longest break-glass session.
+    pub break_glass_max_ttl_s: u64,
+    /// Where break-glass notifications are POSTed (HMAC-signed with `break_glass_webhook_secret`, or
+    /// `STINT_BREAK_GLASS_WEBHOOK_SECRET`). Unset: no notification (and `stint policy lint` says so).
+    pub break_glass_webhook_url: Option<String>,
+    /// The notification webhook's HMAC secret (prefer the environment variable).
+    pub break_glass_webhook_secret: Option<String>,
+    /// Directory of `.cedar` policy files read at start (file-name order); a policy set PUT through
+    /// the API replaces them.
+    pub policy_dir: Option<PathBuf>,
+    /// The fixed UTC offset policies see as local time in `context.time`, e.g. `+01:00`.
+    pub policy_utc_offset: String,
     /// Workload trusts declared in the configuration file (`[[trusts]]` tables, same fields as
     /// `POST /v1/trusts`, plus `jwks_file` for keys read from a file). Created at start when missing.
     #[serde(default)]
@@ -65,6 +77,11 @@ impl Default for Config {
             target_connect_timeout_ms: 5000,
             hook_tolerance_s: 300,
             trusts: Vec::new(),
+            break_glass_max_ttl_s: 1800,
+            break_glass_webhook_url: None,
+            break_glass_webhook_secret: None,
+            policy_dir: None,
+            policy_utc_offset: "+00:00".into(),
         }
     }
 }
@@ -105,6 +122,11 @@ impl Config {
                 "reconcile_interval_s",
                 "target_connect_timeout_ms",
                 "hook_tolerance_s",
+                "break_glass_max_ttl_s",
+                "break_glass_webhook_url",
+                "break_glass_webhook_secret",
+                "policy_dir",
+                "policy_utc_offset",
             ]))
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig
@@ -141,6 +163,17 @@ impl Config {
         if !(100..=600_000).contains(&self.target_connect_timeout_ms) {
             anyhow::bail!("target_connect_timeout_ms must be between 100 and 600000");
         }
+        if self.break_glass_max_ttl_s == 0 || self.break_glass_max_ttl_s > max {
+            anyhow::bail!("break_glass_max_ttl_s must be between 1 and {max}");
+        }
+        if self.utc_offset().is_none() {
+            anyhow::bail!("policy_utc_offset must look like +01:00 or -05:30");
+        }
+        if let Some(u) = &self.break_glass_webhook_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            anyhow::bail!("break_glass_webhook_url must be an http(s) URL");
+        }
         if !self.listen.ip().is_loopback() && !self.plaintext_behind_tls_proxy {
             anyhow::bail!(
                 "refusing to serve API keys and tokens over plain HTTP on `{}`: bind a loopback address \
@@ -149,6 +182,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `policy_utc_offset` parsed.
+    pub fn utc_offset(&self) -> Option<time::UtcOffset> {
+        let fmt = time::macros::format_description!("[offset_hour sign:mandatory]:[offset_minute]");
+        time::UtcOffset::parse(&self.policy_utc_offset, &fmt).ok()
     }
 }
 
@@ -166,5 +207,15 @@ mod tests {
         c.plaintext_behind_tls_proxy = true;
         assert!(c.check().is_ok());
         assert!(Config::default().check().is_ok());
+    }
+
+    #[test]
+    fn policy_offsets_parse() {
+        let mut c = Config::default();
+        assert_eq!(c.utc_offset(), Some(time::UtcOffset::UTC));
+        c.policy_utc_offset = "+01:00".into();
+        assert_eq!(c.utc_offset().map(|o| o.whole_hours()), Some(1));
+        c.policy_utc_offset = "Europe/Berlin".into();
+        assert!(c.check().is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod providers;
 pub mod revoker;
 pub mod scheduler;

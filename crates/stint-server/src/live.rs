@@ -208,7 +208,9 @@ impl LiveIndex {
                             .map(|t| i64::try_from(t).unwrap_or(i64::MAX / 2) * 1000),
                         last_activity_ms: AtomicI64::new(last),
                         dead: AtomicBool::new(false),
-                        counts_uses: s.max_uses.is_some(),
+                        // Break-glass credentials are good for one use each: every use is written
+                        // (serialized by the session lock) so a second one is refused.
+                        counts_uses: s.max_uses.is_some() || s.break_glass,
                         usage: Mutex::new(Usage::default()),
                     })
                 })

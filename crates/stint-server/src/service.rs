@@ -215,7 +215,12 @@ pub struct Service {
     exchange_lock: Mutex<()>,
     /// Fetches issuers' JWKS.
     http: reqwest::Client,
+    /// Step-up nonces of break-glass sessions: SHA-256 of the nonce → (session, expiry). Single use.
+    nonces: std::sync::Mutex<std::collections::HashMap<[u8; 32], (SessionId, OffsetDateTime)>>,
 }
+
+/// How long a step-up nonce lives.
+pub const NONCE_TTL_S: i64 = 60;
 
 /// A trust and its issuer's keys.
 #[derive(Debug)]
@@ -306,6 +311,7 @@ impl Service {
             hook_sources: std::sync::RwLock::default(),
             trusts: std::sync::RwLock::default(),
             exchange_lock: Mutex::new(()),
+            nonces: std::sync::Mutex::default(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(5))
                 .build()
@@ -1362,7 +1368,7 @@ impl Service {
     }
 
     /// Requests a session.
-    pub async fn request(&self, caller: &Caller, req: CreateSession) -> ApiResult<Session> {
+    pub async fn request(self: &Arc<Self>, caller: &Caller, req: CreateSession) -> ApiResult<Session> {
         check_text("reason", &req.reason, true)?;
         let _gate = self.admin_gate.read().await;
         // The caller authenticated before the gate: it may have been offboarded meanwhile.
@@ -1677,6 +1683,7 @@ impl Service {
         caller: &Caller,
         id: &str,
         public_key: Option<&str>,
+        nonce: Option<&str>,
     ) -> ApiResult<stint_proto::IssuedCredential> {
         use stint_proto::{IssuedCredential, JwtCredential, PostgresCredential, SshCredential};
         let (sid, own, _, session) = self.parse_and_authorize(caller, id).await?;
@@ -1684,6 +1691,19 @@ impl Service {
             return Err(ApiError::forbidden(
                 "only the session's principal can fetch its credentials",
             ));
+        }
+        // Break-glass: every credential needs a fresh step-up (a nonce from a new challenge), so a
+        // stolen token or a replayed request cannot mint the next one.
+        if session.break_glass {
+            if !self.take_nonce(&sid, nonce) {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "step_up_required",
+                    "a break-glass credential needs `nonce` from a fresh POST /v1/sessions/{id}/challenge",
+                ));
+            }
+        } else if nonce.is_some() {
+            return Err(ApiError::invalid("`nonce` is only accepted for break-glass sessions"));
         }
         let target = self.target_doc(&session.target).await.map_err(|_| {
             ApiError::new(
@@ -2305,7 +2325,7 @@ impl Service {
     /// RFC 8693 token exchange: a workload's ID token for an access token of the session bound to
     /// its run (created on the first exchange, reused by later ones while active).
     pub async fn exchange(
-        &self,
+        self: &Arc<Self>,
         f: ExchangeForm,
     ) -> Result<ExchangeAnswer, crate::federation::ExchangeError> {
         use crate::federation::{ExchangeError as E, claim_text, header_of, matching_rule, verify};
@@ -2497,6 +2517,190 @@ impl Service {
             expires_in: (issued.expires_at - self.clock.now()).whole_seconds().max(0),
             session: sid.to_string(),
         })
+    }
+
+    /// `POST /v1/sessions/{id}/challenge`: a fresh single-use nonce the session's principal must send
+    /// with its next credential request (step-up for break-glass sessions).
+    pub async fn challenge(&self, caller: &Caller, id: &str) -> ApiResult<(String, OffsetDateTime)> {
+        use base64::Engine;
+        let (sid, own, _, session) = self.parse_and_authorize(caller, id).await?;
+        if !own {
+            return Err(ApiError::forbidden("only the session's principal can be challenged"));
+        }
+        if !session.break_glass {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_break_glass",
+                "step-up challenges are for break-glass sessions",
+            ));
+        }
+        let now = self.clock.now();
+        if !session.is_live(now) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "session_not_active",
+                "the session is not active",
+            ));
+        }
+        let mut raw = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|_| ApiError::internal())?;
+        let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let expires = now + time::Duration::seconds(NONCE_TTL_S);
+        let mut map = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, exp)| *exp > now);
+        map.insert(Sha256::digest(nonce.as_bytes()).into(), (sid, expires));
+        Ok((nonce, expires))
+    }
+
+    /// Consumes a step-up nonce for `sid`: true when it was issued for this session and is fresh.
+    fn take_nonce(&self, sid: &SessionId, nonce: Option<&str>) -> bool {
+        let Some(n) = nonce.filter(|n| n.len() <= 128) else {
+            return false;
+        };
+        let key: [u8; 32] = Sha256::digest(n.as_bytes()).into();
+        let now = self.clock.now();
+        let mut map = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        match map.remove(&key) {
+            Some((s, exp)) if s == *sid && exp > now => true,
+            Some(other) if other.0 != *sid => {
+                // Another session's nonce: put it back, it was not this one's to spend.
+                map.insert(key, other);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// After a break-glass session is created: approvers are told at once through the webhook; the
+    /// outcome is audited in the session's evidence.
+    fn notify_break_glass(self: &Arc<Self>, s: &Session, principal: &str) {
+        let (Some(url), Some(secret)) = (
+            self.cfg.break_glass_webhook_url.clone(),
+            std::env::var("STINT_BREAK_GLASS_WEBHOOK_SECRET")
+                .ok()
+                .or_else(|| self.cfg.break_glass_webhook_secret.clone()),
+        ) else {
+            tracing::warn!(session = %s.id, "break-glass session started and no notification webhook is configured");
+            return;
+        };
+        let svc = self.clone();
+        let now = self.clock.now();
+        let body = json!({
+            "type": "break_glass.started",
+            "session": stint_proto::SessionView::from(s),
+            "principal": principal,
+            "target": s.target,
+            "reason": s.reason,
+            "at": stint_core::audit::format_time(now),
+        });
+        let sid = s.id.clone();
+        tokio::spawn(async move {
+            let event_id = format!("{sid}:break_glass.started");
+            let outcome =
+                crate::notify::send(&svc.http, &url, secret.as_bytes(), &event_id, now.unix_timestamp(), &body).await;
+            let (action, details) = match outcome {
+                Ok(attempts) => ("notification.sent", json!({"kind": "break_glass.started", "attempts": attempts})),
+                Err(e) => {
+                    tracing::error!(session = %sid, error = %e, "break-glass notification failed");
+                    ("notification.failed", json!({"kind": "break_glass.started", "error": e}))
+                }
+            };
+            let at = svc.clock.now();
+            let _ = svc
+                .commit(Batch {
+                    audit: vec![PendingAudit {
+                        at,
+                        actor: "system".into(),
+                        action: action.into(),
+                        session: Some(sid),
+                        details,
+                    }],
+                    ..Default::default()
+                })
+                .await;
+        });
+    }
+
+    /// `GET /v1/reviews`: break-glass sessions nobody has reviewed yet (admins and approvers).
+    pub async fn reviews(&self, caller: &Caller) -> ApiResult<Vec<Session>> {
+        if !is_admin(caller) && caller.kind != PrincipalKind::Approver.as_str() {
+            return Err(ApiError::forbidden("the review queue is for approvers and admins"));
+        }
+        let mut out = Vec::new();
+        for d in self.store.documents("review_pending").await? {
+            if let Some(id) = SessionId::parse(&d.name)
+                && let Some(v) = self.store.session(&id).await?
+            {
+                out.push(v.session);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `POST /v1/sessions/{id}/review`: a human's verdict on a break-glass session; closes its review.
+    pub async fn review(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verdict: &str,
+        notes: &str,
+    ) -> ApiResult<serde_json::Value> {
+        if !is_admin(caller) && caller.kind != PrincipalKind::Approver.as_str() {
+            return Err(ApiError::forbidden("reviews are for approvers and admins"));
+        }
+        if !matches!(verdict, "justified" | "unjustified") {
+            return Err(ApiError::invalid("`verdict` must be `justified` or `unjustified`"));
+        }
+        check_text("notes", notes, true)?;
+        let sid = SessionId::parse(id).ok_or_else(|| ApiError::not_found("session"))?;
+        let v = self
+            .store
+            .session(&sid)
+            .await?
+            .ok_or_else(|| ApiError::not_found("session"))?;
+        if v.session.principal.as_str() == caller.id {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "self_review",
+                "a principal cannot review its own break-glass session",
+            ));
+        }
+        let pending = self
+            .store
+            .documents("review_pending")
+            .await?
+            .into_iter()
+            .any(|d| d.name == sid.as_str());
+        if !pending {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_review_pending",
+                "this session is not waiting for a review",
+            ));
+        }
+        let now = self.clock.now();
+        let record = json!({"verdict": verdict, "notes": notes, "by": caller.id, "at": stint_core::audit::format_time(now)});
+        self.commit(Batch {
+            documents: vec![
+                stint_store::DocumentWrite::Delete("review_pending".into(), sid.to_string()),
+                stint_store::DocumentWrite::Insert(stint_store::DocumentRecord {
+                    kind: "review".into(),
+                    name: sid.to_string(),
+                    doc: record.to_string(),
+                    created_at: now,
+                }),
+            ],
+            audit: vec![PendingAudit {
+                at: now,
+                actor: caller.id.clone(),
+                action: "review.recorded".into(),
+                session: Some(sid.clone()),
+                details: json!({"verdict": verdict, "notes": notes}),
+            }],
+            ..Default::default()
+        })
+        .await?;
+        Ok(record)
     }
 
     /// Creates a hook source (admin); its secret is sealed at rest and never shown again.
@@ -2777,7 +2981,24 @@ impl Service {
                 last_at: now,
                 first_use: first,
             };
-            let res = self.mutate(&sid, |_, _| Ok(vec![ev]), |_| ()).await;
+            let jti = entry.jti.clone();
+            let res = self
+                .mutate(
+                    &sid,
+                    |s, _| {
+                        let mut events = vec![ev];
+                        // A break-glass credential dies with its one use, in the same write.
+                        if s.break_glass {
+                            events.push(Event::RevokeCredential {
+                                credential: jti,
+                                by: Actor::System,
+                            });
+                        }
+                        Ok(events)
+                    },
+                    |_| (),
+                )
+                .await;
             if let Err(e) = res {
                 if first {
                     entry.first_use_pending.store(true, Ordering::Release);
