@@ -22,6 +22,13 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine code, e.g. `self_approval`.
     pub code: String,
+    /// Policy decisions: the ids of the policies that decided (e.g. a `forbid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<String>>,
+    /// `invalid_policy`: each error's line, column and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub errors: Option<Vec<serde_json::Value>>,
 }
 
 /// A page of items.

@@ -16,6 +16,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human explanation.
     pub detail: String,
+    /// Ids of the policies behind a policy decision.
+    pub policies: Option<Vec<String>>,
+    /// Itemized errors (e.g. an invalid policy's line and column).
+    pub errors: Option<Vec<serde_json::Value>>,
 }
 
 impl ApiError {
@@ -25,7 +29,21 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            policies: None,
+            errors: None,
         }
+    }
+
+    /// The same error naming the policies that decided it.
+    pub fn with_policies(mut self, ids: Vec<String>) -> Self {
+        self.policies = Some(ids);
+        self
+    }
+
+    /// The same error with itemized errors.
+    pub fn with_errors(mut self, errors: Vec<serde_json::Value>) -> Self {
+        self.errors = Some(errors);
+        self
     }
 
     /// 400/422 `invalid_request`.
@@ -119,6 +137,8 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: self.detail,
             code: self.code.to_owned(),
+            policies: self.policies,
+            errors: self.errors,
         };
         let mut resp = (self.status, Json(body)).into_response();
         resp.headers_mut().insert(
