@@ -107,7 +107,21 @@ enum Command {
         /// OpenSSH public key file (ssh targets); prints the certificate.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// Step-up nonce from `stint challenge` (break-glass sessions).
+        #[arg(long)]
+        nonce: Option<String>,
     },
+    /// A fresh step-up nonce for the next credential of a break-glass session.
+    Challenge {
+        /// Session id.
+        id: String,
+    },
+    /// Cedar policies (admin).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// The break-glass review queue (approvers and admins).
+    #[command(subcommand)]
+    Review(ReviewCmd),
     /// Run the reconcile sweep now (admin): revoke what exists in targets but no live session owns.
     Reconcile,
     /// Workload trusts for token exchange (admin).
@@ -245,6 +259,59 @@ enum TargetCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Replace the policy set with a `.cedar` file (validated first; the old set stays on error).
+    Put {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Show the policy set in force (and the policies generated from target fields).
+    Get,
+    /// Print the Cedar schema policies are written against.
+    Schema,
+    /// What would happen to a request, and why — without creating anything.
+    Check {
+        /// Principal name.
+        #[arg(long)]
+        principal: String,
+        /// Target name.
+        #[arg(long)]
+        target: String,
+        /// Lifetime, e.g. 30m.
+        #[arg(long)]
+        ttl: String,
+        /// Ask about break-glass.
+        #[arg(long)]
+        break_glass: bool,
+        /// Binding as KIND:REF.
+        #[arg(long)]
+        binding: Option<String>,
+        /// At this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Find configurations that make access session-bound in name only.
+    Lint,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReviewCmd {
+    /// Break-glass sessions waiting for review.
+    List,
+    /// Record a verdict on a break-glass session.
+    Record {
+        /// Session id.
+        id: String,
+        /// `justified` or `unjustified`.
+        #[arg(long)]
+        verdict: String,
+        /// What you found.
+        #[arg(long)]
+        notes: String,
+    },
+}
+
 /// Create or list a configuration document (trust, hook source).
 #[derive(Debug, Subcommand)]
 enum DocCmd {
@@ -337,6 +404,88 @@ pub struct SshArgs {
     /// Arguments for ssh: the host (`user@host`) and options or a remote command.
     #[arg(last = true, required = true)]
     pub args: Vec<String>,
+}
+
+async fn policy_command(c: &Client, p: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
+    match p {
+        PolicyCmd::Put { file } => {
+            let source = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let resp = c.put("/v1/policies", json!({"source": source})).await;
+            match resp {
+                Ok(v) => println!("policies in force: {} (hash {})", s(&v["policies"]), s(&v["hash"])),
+                Err(e) => {
+                    if let Some(f) = e.downcast_ref::<crate::client::ApiFailure>()
+                        && let Some(errors) = &f.errors
+                    {
+                        for err in errors {
+                            eprintln!(
+                                "{}:{}:{}: {}",
+                                file.display(),
+                                s(&err["line"]),
+                                s(&err["column"]),
+                                s(&err["message"])
+                            );
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        PolicyCmd::Get => {
+            let v = c.get("/v1/policies").await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!("// hash {} ({} policies, from {})", s(&v["hash"]), s(&v["policies"]), s(&v["origin"]));
+                println!("{}", s(&v["source"]));
+                println!("// generated from target fields:\n{}", s(&v["generated"]));
+            }
+        }
+        PolicyCmd::Schema => println!("{}", s(&c.get("/v1/policies/schema").await?["schema"])),
+        PolicyCmd::Check {
+            principal,
+            target,
+            ttl,
+            break_glass,
+            binding,
+            at,
+        } => {
+            let mut body = json!({"principal": principal, "target": target,
+                "ttl_s": parse_duration(&ttl).context("--ttl")?, "break_glass": break_glass});
+            if let Some(b) = binding {
+                let (kind, r) = b.split_once(':').context("--binding must be KIND:REF")?;
+                body["binding"] = json!({"kind": kind, "ref": r});
+            }
+            if let Some(a) = at {
+                body["at"] = json!(a);
+            }
+            let v = c.post("/v1/policies/check", body).await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!(
+                    "{}: approvals required {}, eligible approvers [{}], decided by [{}]",
+                    s(&v["decision"]),
+                    s(&v["approvals_required"]),
+                    v["eligible_approvers"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                    v["reasons"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+                );
+            }
+        }
+        PolicyCmd::Lint => {
+            let v = c.get("/v1/policies/lint").await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                let findings = v["findings"].as_array().cloned().unwrap_or_default();
+                for f in &findings {
+                    println!("[{}] {}: {}\n    fix: {}", s(&f["severity"]), s(&f["subject"]), s(&f["message"]), s(&f["fix"]));
+                }
+                println!("{} finding(s)", findings.len());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn doc_command(c: &Client, path: &str, d: DocCmd, json: bool) -> anyhow::Result<()> {
@@ -673,13 +822,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             id,
             token_only,
             public_key,
+            nonce,
         } => {
-            let body = match public_key {
+            let mut body = match public_key {
                 Some(p) => json!({"public_key": std::fs::read_to_string(&p)
                     .with_context(|| format!("reading {}", p.display()))?
                     .trim()}),
                 None => json!({}),
             };
+            if let Some(n) = nonce {
+                body["nonce"] = json!(n);
+            }
             let v = client()?
                 .post(&format!("/v1/sessions/{id}/credentials"), body)
                 .await?;
@@ -713,6 +866,46 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Ssh(a) => return crate::ssh::run(client()?, a).await,
+        Command::Challenge { id } => {
+            let v = client()?
+                .post(&format!("/v1/sessions/{id}/challenge"), json!({}))
+                .await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v["nonce"]));
+            }
+        }
+        Command::Policy(p) => policy_command(&client()?, p, cli.json).await?,
+        Command::Review(r) => {
+            let c = client()?;
+            match r {
+                ReviewCmd::List => {
+                    let v = c.get("/v1/reviews").await?;
+                    print_list(
+                        &v,
+                        cli.json,
+                        &[
+                            ("id", &field("id")),
+                            ("target", &field("target")),
+                            ("principal", &field("principal")),
+                            ("state", &field("state")),
+                            ("reason", &field("reason")),
+                        ],
+                    );
+                }
+                ReviewCmd::Record { id, verdict, notes } => {
+                    let v = c
+                        .post(&format!("/v1/sessions/{id}/review"), json!({"verdict": verdict, "notes": notes}))
+                        .await?;
+                    if cli.json {
+                        print_json(&v);
+                    } else {
+                        println!("review of {id} recorded: {}", s(&v["verdict"]));
+                    }
+                }
+            }
+        }
         Command::Trust(d) => doc_command(&client()?, "/v1/trusts", d, cli.json).await?,
         Command::HookSource(d) => doc_command(&client()?, "/v1/hook-sources", d, cli.json).await?,
         Command::Exchange {

@@ -30,6 +30,8 @@ pub struct ApiFailure {
     pub code: String,
     /// Human detail.
     pub detail: String,
+    /// Itemized errors (e.g. an invalid policy's lines and columns).
+    pub errors: Option<Vec<Value>>,
 }
 
 impl std::fmt::Display for ApiFailure {
@@ -80,6 +82,7 @@ impl Client {
                 status,
                 code: v["code"].as_str().unwrap_or("error").to_owned(),
                 detail: v["detail"].as_str().unwrap_or(text.as_str()).to_owned(),
+                errors: v["errors"].as_array().cloned(),
             }
             .into());
         }
@@ -142,6 +145,7 @@ impl Client {
                 status,
                 code: v["code"].as_str().unwrap_or("error").to_owned(),
                 detail: v["detail"].as_str().unwrap_or("request failed").to_owned(),
+                errors: None,
             }
             .into());
         }
@@ -169,6 +173,7 @@ impl Client {
                 status,
                 code: v["code"].as_str().unwrap_or("error").to_owned(),
                 detail: v["detail"].as_str().unwrap_or("request failed").to_owned(),
+                errors: None,
             }
             .into());
         }
@@ -209,6 +214,11 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// PUT with a JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(Method::PUT, path, Some(body)).await
     }
 
     /// DELETE.

@@ -19,9 +19,9 @@ action "request", "approve", "end", "break_glass", "read_evidence", "admin" appl
 "#;
     let (schema, warns) = Schema::from_cedarschema_str(schema_src).unwrap();
     for w in warns { println!("schema warning {w}"); }
-    let bad = "permit(principal, action, resource);\n\npermit(\n    principl, action, resource);\nforbid(principal, action, resource) when { 1 + };";
+    let bad = "permit(principal, action, resource);\n\npermit(\n    principl, action, resource);\nforbid(principal, actio, resource) when { context.x };";
     match PolicySet::from_str(bad) { Err(e) => { for x in e.iter() { show("parse", x); } } Ok(_) => println!("ok?") }
-    let src = "@id(\"a\") permit(principal, action == Action::\"request\", resource) when { context.ttl_s <= 10 && principal.nope == \"x\" };\n@approvals(\"2\")\npermit(principal == Target::\"x\", action, resource);\npermit(principal, action, resource) when { false };\npermit(principal, action, resource) when { context.binding.ref == \"x\" && [\"Tue\"].contains(context.time.weekday) };";
+    let src = "@id(\"a\") permit(principal, action == Action::\"request\", resource) when { context.ttl_s <= 10 && principal.nope == \"x\" };\n@approvals(\"2\")\npermit(principal == Target::\"x\", action, resource);\npermit(principal == User::\"x\", action, resource) when { context.nope };\npermit(principal, action, resource) when { context.binding.ref == \"x\" && [\"Tue\"].contains(context.time.weekday) };";
     let ps = PolicySet::from_str(src).unwrap();
     for p in ps.policies() { println!("{} text={:?} ann={:?}", p.id(), p.to_cedar(), p.annotations().collect::<Vec<_>>()); println!("{}", p.to_json().unwrap()); }
     let v = Validator::new(schema.clone());
