@@ -409,10 +409,15 @@ pub struct SshArgs {
 async fn policy_command(c: &Client, p: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
     match p {
         PolicyCmd::Put { file } => {
-            let source = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let source =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let resp = c.put("/v1/policies", json!({"source": source})).await;
             match resp {
-                Ok(v) => println!("policies in force: {} (hash {})", s(&v["policies"]), s(&v["hash"])),
+                Ok(v) => println!(
+                    "policies in force: {} (hash {})",
+                    s(&v["policies"]),
+                    s(&v["hash"])
+                ),
                 Err(e) => {
                     if let Some(f) = e.downcast_ref::<crate::client::ApiFailure>()
                         && let Some(errors) = &f.errors
@@ -436,7 +441,12 @@ async fn policy_command(c: &Client, p: PolicyCmd, json_out: bool) -> anyhow::Res
             if json_out {
                 print_json(&v);
             } else {
-                println!("// hash {} ({} policies, from {})", s(&v["hash"]), s(&v["policies"]), s(&v["origin"]));
+                println!(
+                    "// hash {} ({} policies, from {})",
+                    s(&v["hash"]),
+                    s(&v["policies"]),
+                    s(&v["origin"])
+                );
                 println!("{}", s(&v["source"]));
                 println!("// generated from target fields:\n{}", s(&v["generated"]));
             }
@@ -467,8 +477,14 @@ async fn policy_command(c: &Client, p: PolicyCmd, json_out: bool) -> anyhow::Res
                     "{}: approvals required {}, eligible approvers [{}], decided by [{}]",
                     s(&v["decision"]),
                     s(&v["approvals_required"]),
-                    v["eligible_approvers"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-                    v["reasons"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+                    v["eligible_approvers"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default(),
+                    v["reasons"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -479,7 +495,13 @@ async fn policy_command(c: &Client, p: PolicyCmd, json_out: bool) -> anyhow::Res
             } else {
                 let findings = v["findings"].as_array().cloned().unwrap_or_default();
                 for f in &findings {
-                    println!("[{}] {}: {}\n    fix: {}", s(&f["severity"]), s(&f["subject"]), s(&f["message"]), s(&f["fix"]));
+                    println!(
+                        "[{}] {}: {}\n    fix: {}",
+                        s(&f["severity"]),
+                        s(&f["subject"]),
+                        s(&f["message"]),
+                        s(&f["fix"])
+                    );
                 }
                 println!("{} finding(s)", findings.len());
             }
@@ -896,7 +918,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 ReviewCmd::Record { id, verdict, notes } => {
                     let v = c
-                        .post(&format!("/v1/sessions/{id}/review"), json!({"verdict": verdict, "notes": notes}))
+                        .post(
+                            &format!("/v1/sessions/{id}/review"),
+                            json!({"verdict": verdict, "notes": notes}),
+                        )
                         .await?;
                     if cli.json {
                         print_json(&v);

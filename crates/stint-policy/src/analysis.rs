@@ -93,8 +93,14 @@ fn parts(u: &EntityUid) -> (String, String) {
 fn ttl_bound(condition: &Value) -> Option<i64> {
     let body = condition.get("body")?;
     match condition.get("kind")?.as_str()? {
-        "when" => flatten(body, "&&").into_iter().filter_map(|e| upper_bound(e, false)).min(),
-        "unless" => flatten(body, "||").into_iter().filter_map(|e| upper_bound(e, true)).min(),
+        "when" => flatten(body, "&&")
+            .into_iter()
+            .filter_map(|e| upper_bound(e, false))
+            .min(),
+        "unless" => flatten(body, "||")
+            .into_iter()
+            .filter_map(|e| upper_bound(e, true))
+            .min(),
         _ => None,
     }
 }
@@ -154,7 +160,10 @@ fn long(e: &Value) -> Option<i64> {
 }
 
 fn literally_false(condition: &Value) -> bool {
-    let body = condition.get("body").and_then(|b| b.get("Value")).and_then(Value::as_bool);
+    let body = condition
+        .get("body")
+        .and_then(|b| b.get("Value"))
+        .and_then(Value::as_bool);
     match condition.get("kind").and_then(Value::as_str) {
         Some("when") => body == Some(false),
         Some("unless") => body == Some(true),
@@ -177,18 +186,32 @@ mod tests {
             ("when { context.ttl_s <= 1800 }", Some(1800)),
             ("when { 1800 >= context.ttl_s }", Some(1800)),
             ("when { context.ttl_s < 1800 }", Some(1799)),
-            ("when { principal.kind == \"ci_job\" && context.ttl_s <= 600 && true }", Some(600)),
-            ("when { context.ttl_s <= 3600 } when { context.ttl_s <= 600 }", Some(600)),
+            (
+                "when { principal.kind == \"ci_job\" && context.ttl_s <= 600 && true }",
+                Some(600),
+            ),
+            (
+                "when { context.ttl_s <= 3600 } when { context.ttl_s <= 600 }",
+                Some(600),
+            ),
             ("unless { context.ttl_s > 900 }", Some(900)),
-            ("unless { principal.kind == \"x\" || context.ttl_s >= 901 }", Some(900)),
-            ("when { context.ttl_s <= 600 || principal.kind == \"agent\" }", None),
+            (
+                "unless { principal.kind == \"x\" || context.ttl_s >= 901 }",
+                Some(900),
+            ),
+            (
+                "when { context.ttl_s <= 600 || principal.kind == \"agent\" }",
+                None,
+            ),
             ("when { !(context.ttl_s > 600) }", None),
             ("when { context.ttl_s >= 600 }", None),
             ("when { context.reason != \"\" }", None),
             ("", None),
         ];
         for (cond, want) in cases {
-            let m = meta(&format!("permit(principal, action == Action::\"request\", resource) {cond};"));
+            let m = meta(&format!(
+                "permit(principal, action == Action::\"request\", resource) {cond};"
+            ));
             assert_eq!(m.ttl_bound, want, "{cond}");
         }
     }

@@ -30,12 +30,20 @@ impl PolicyError {
     /// An error at byte `offset` of `src`.
     pub(crate) fn at(src: &str, offset: usize, message: impl Into<String>) -> Self {
         let (line, column) = line_column(src, offset);
-        Self { line, column, message: message.into() }
+        Self {
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
     /// An error with no position in the user source.
     pub(crate) fn unplaced(message: impl Into<String>) -> Self {
-        Self { line: 0, column: 0, message: message.into() }
+        Self {
+            line: 0,
+            column: 0,
+            message: message.into(),
+        }
     }
 
     /// A Cedar diagnostic whose first label spans `src` (Cedar's source spans are byte offsets into the
@@ -102,8 +110,8 @@ mod tests {
         assert_eq!(line_column(src, 2), (1, 3));
         assert_eq!(line_column(src, 3), (2, 1));
         assert_eq!(line_column(src, 4), (3, 1));
-        // `x` is after a two-byte `ü`: byte 8, character column 5.
-        assert_eq!(line_column(src, 8), (3, 5));
+        // `x` is after a two-byte `ü`: byte 9, character column 5.
+        assert_eq!(line_column(src, 9), (3, 5));
         // Inside `ü`, and past the end: clamped.
         assert_eq!(line_column(src, 7), (3, 3));
         assert_eq!(line_column(src, 99), (3, 6));
@@ -111,7 +119,11 @@ mod tests {
 
     #[test]
     fn per_action_repeats_collapse() {
-        let e = |m: &str| PolicyError { line: 2, column: 3, message: m.into() };
+        let e = |m: &str| PolicyError {
+            line: 2,
+            column: 3,
+            message: m.into(),
+        };
         let out = tidy(vec![
             e("attribute `x` in context for Action::\"request\" not found"),
             e("attribute `x` in context for Action::\"admin\" not found"),

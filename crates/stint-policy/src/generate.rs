@@ -25,7 +25,8 @@ pub(crate) fn generated_source(targets: &[TargetInfo]) -> String {
             let _ = writeln!(
                 out,
                 "@id(\"{id}\")\n@approvals(\"{}\")\npermit (\n  principal in Group::\"{}\",\n  \
-                 action == Action::\"request\",\n  resource == Target::\"{name}\"\n)\nwhen {{ context.ttl_s <= {max} }};\n",
+                 action == Action::\"request\",\n  resource == Target::\"{name}\"\n)\n\
+                 when {{ context.ttl_s <= {max} }};\n",
                 t.approvals_required,
                 literal(g),
             );

@@ -201,3 +201,7 @@ pub struct Decision {
     /// matching forbids of a deny; empty for a default deny (nothing matched).
     pub reasons: Vec<String>,
 }
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests;

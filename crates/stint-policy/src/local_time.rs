@@ -59,14 +59,38 @@ mod tests {
     #[test]
     fn a_non_zero_offset_moves_hour_and_weekday() {
         // 2026-12-01T23:30:00Z is a Tuesday; at +01:00 it is Wednesday 00:30.
-        let t = OffsetDateTime::parse("2026-12-01T23:30:00Z", &time::format_description::well_known::Rfc3339)
-            .unwrap()
-            .unix_timestamp();
-        assert_eq!(time_parts(t, UtcOffset::UTC), TimeParts { hour: 23, minute: 30, weekday: "Tue" });
+        let t = OffsetDateTime::parse(
+            "2026-12-01T23:30:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp();
+        assert_eq!(
+            time_parts(t, UtcOffset::UTC),
+            TimeParts {
+                hour: 23,
+                minute: 30,
+                weekday: "Tue"
+            }
+        );
         let plus1 = UtcOffset::from_hms(1, 0, 0).unwrap();
-        assert_eq!(time_parts(t, plus1), TimeParts { hour: 0, minute: 30, weekday: "Wed" });
+        assert_eq!(
+            time_parts(t, plus1),
+            TimeParts {
+                hour: 0,
+                minute: 30,
+                weekday: "Wed"
+            }
+        );
         let minus = UtcOffset::from_hms(-5, -30, 0).unwrap();
-        assert_eq!(time_parts(t, minus), TimeParts { hour: 18, minute: 0, weekday: "Tue" });
+        assert_eq!(
+            time_parts(t, minus),
+            TimeParts {
+                hour: 18,
+                minute: 0,
+                weekday: "Tue"
+            }
+        );
     }
 
     #[test]
@@ -78,7 +102,11 @@ mod tests {
                 let off = UtcOffset::from_hms(h, m, 0).unwrap();
                 let dt = OffsetDateTime::from_unix_timestamp(t).unwrap().to_offset(off);
                 let p = time_parts(t, off);
-                assert_eq!((p.hour, p.minute, p.weekday), (dt.hour(), dt.minute(), short(dt.weekday())), "{t}");
+                assert_eq!(
+                    (p.hour, p.minute, p.weekday),
+                    (dt.hour(), dt.minute(), short(dt.weekday())),
+                    "{t}"
+                );
             }
             t += 7_654_321;
         }

@@ -57,6 +57,10 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/sessions/{id}/challenge", post(challenge))
         .route("/v1/sessions/{id}/review", post(review))
         .route("/v1/reviews", get(reviews))
+        .route("/v1/policies", axum::routing::put(put_policies).get(get_policies))
+        .route("/v1/policies/schema", get(policy_schema))
+        .route("/v1/policies/check", post(policy_check))
+        .route("/v1/policies/lint", get(policy_lint))
         .route("/v1/trusts", post(create_trust).get(list_trusts))
         .route("/oauth2/token", post(token_exchange))
         .route(
@@ -788,6 +792,64 @@ async fn reviews(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<List<SessionV
     }))
 }
 
+/// `PUT /v1/policies`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutPolicies {
+    /// The Cedar policy set (may be empty).
+    pub source: String,
+}
+
+#[utoipa::path(put, path = "/v1/policies", tag = "policies", request_body = PutPolicies,
+    description = "Replaces the policy set, validated against the schema first; an invalid set is refused with 422 \
+                   `invalid_policy` and `errors: [{line, column, message}]`, and the previous set stays in force.",
+    responses((status = 200, description = "{hash, policies}"), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn put_policies(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Body(b): Body<PutPolicies>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (hash, n) = svc.put_policies(&c, b.source).await?;
+    Ok(Json(serde_json::json!({"hash": hash, "policies": n})))
+}
+
+#[utoipa::path(get, path = "/v1/policies", tag = "policies",
+    responses((status = 200, description = "{source, hash, origin, policies, generated}"), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn get_policies(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(svc.get_policies(&c)?))
+}
+
+#[utoipa::path(get, path = "/v1/policies/schema", tag = "policies",
+    description = "The Cedar schema policies are written against (entity types Principal, Group, Target; the actions; the request context).",
+    responses((status = 200, description = "{schema}"), (status = 401, body = Problem)),
+    security(("api_key" = [])))]
+async fn policy_schema(Auth(_c): Auth) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"schema": stint_policy::SCHEMA, "format": "cedar"}))
+}
+
+#[utoipa::path(post, path = "/v1/policies/check", tag = "policies", request_body = crate::service::PolicyCheck,
+    responses((status = 200, description = "{decision, approvals_required, eligible_approvers, reasons}"), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("api_key" = [])))]
+async fn policy_check(
+    State(svc): Svc,
+    Auth(c): Auth,
+    Body(b): Body<crate::service::PolicyCheck>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(svc.policy_check(&c, b).await?))
+}
+
+#[utoipa::path(get, path = "/v1/policies/lint", tag = "policies",
+    description = "Configurations that make access session-bound in name only.",
+    responses((status = 200, description = "{findings: [{severity, subject, message, fix}]}"), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = [])))]
+async fn policy_lint(State(svc): Svc, Auth(c): Auth) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(serde_json::json!({"findings": svc.policy_lint(&c)?})))
+}
+
 /// An empty JSON object (or no body).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1052,7 +1114,7 @@ impl utoipa::Modify for Conventions {
         healthz, readyz, metrics_text, openapi, jwks, as_metadata,
         create_principal, list_principals, get_principal, delete_principal, rotate_key,
         create_target, list_targets, get_target, patch_target, delete_target,
-        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, event_stream, challenge, review, reviews, create_trust, list_trusts, token_exchange, create_hook_source, list_hook_sources, receive_hook, evidence,
+        create_session, list_sessions, get_session, approve, deny, cancel, end, heartbeat, credentials, target_krl, reconcile, event_stream, challenge, review, reviews, put_policies, get_policies, policy_schema, policy_check, policy_lint, create_trust, list_trusts, token_exchange, create_hook_source, list_hook_sources, receive_hook, evidence,
         audit, audit_verify, rotate_keys, introspect, revoke,
     ),
     components(schemas(Problem, Health, TokenForm, CredentialRequest, EmptyBody))

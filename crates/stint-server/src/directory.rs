@@ -88,6 +88,12 @@ impl Directory {
             .contains_key(id)
     }
 
+    /// Every live principal.
+    pub fn all(&self) -> Vec<Arc<PrincipalRecord>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.by_prefix.values().flatten().cloned().collect()
+    }
+
     /// The live principal with this name, if any (token exchange maps claims to a principal's name).
     pub fn by_name(&self, name: &str) -> Option<Arc<PrincipalRecord>> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());

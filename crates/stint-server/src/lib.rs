@@ -15,6 +15,7 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod policy;
 pub mod providers;
 pub mod revoker;
 pub mod scheduler;

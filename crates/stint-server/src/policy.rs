@@ -115,7 +115,10 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<String> {
     let mut out = String::new();
     for f in files {
         let text = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("`{}`: {e}", f.display()))?;
-        out.push_str(&format!("// from {}\n", f.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+        out.push_str(&format!(
+            "// from {}\n",
+            f.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ));
         out.push_str(&text);
         if !out.ends_with('\n') {
             out.push('\n');

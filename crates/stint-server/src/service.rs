@@ -215,6 +215,8 @@ pub struct Service {
     exchange_lock: Mutex<()>,
     /// Fetches issuers' JWKS.
     http: reqwest::Client,
+    /// The policy set in force (set by recovery).
+    policy: std::sync::RwLock<Option<crate::policy::PolicyState>>,
     /// Step-up nonces of break-glass sessions: SHA-256 of the nonce → (session, expiry). Single use.
     nonces: std::sync::Mutex<std::collections::HashMap<[u8; 32], (SessionId, OffsetDateTime)>>,
 }
@@ -228,6 +230,28 @@ struct TrustEntry {
     view: crate::federation::TrustView,
     inline: Option<jsonwebtoken::jwk::JwkSet>,
     keys: Mutex<crate::federation::KeyCache>,
+}
+
+/// `POST /v1/policies/check`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCheck {
+    /// The principal's name.
+    pub principal: String,
+    /// The target's name.
+    pub target: String,
+    /// Requested lifetime.
+    pub ttl_s: u64,
+    /// Ask about break-glass.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// The binding.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub binding: Option<Binding>,
+    /// When (RFC 3339; default now) — for maintenance windows.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub at: Option<OffsetDateTime>,
 }
 
 /// RFC 8693 form of `POST /oauth2/token`.
@@ -312,6 +336,7 @@ impl Service {
             trusts: std::sync::RwLock::default(),
             exchange_lock: Mutex::new(()),
             nonces: std::sync::Mutex::default(),
+            policy: std::sync::RwLock::new(None),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(5))
                 .build()
@@ -409,6 +434,7 @@ impl Service {
                     },
                 );
         }
+        self.load_policies().await?;
         let v = self.store.verify_audit().await?;
         if !v.ok {
             tracing::error!(first_bad_seq = ?v.first_bad_seq, problem = ?v.problem, "audit chain does not verify");
@@ -1074,6 +1100,7 @@ impl Service {
         }
         self.set_provider(&doc.name, Some(provider));
         self.cache_target(Some(doc.clone()), &doc.name);
+        self.rebuild_policy();
         Ok(doc)
     }
 
@@ -1297,6 +1324,7 @@ impl Service {
         };
         self.apply_to_all(ids, limit, extra).await?;
         self.cache_target(Some(doc.clone()), name);
+        self.rebuild_policy();
         Ok(doc)
     }
 
@@ -1348,13 +1376,27 @@ impl Service {
         self.end_all(ids, by, EndReason::Revoked, extra).await?;
         self.cache_target(None, name);
         self.set_provider(name, None);
+        self.rebuild_policy();
         Ok(())
     }
 
     // ----- sessions ---------------------------------------------------------------------------
 
-    fn may_approve(caller: &PrincipalRecord, target: Option<&TargetDoc>) -> bool {
-        is_admin(caller) || target.is_some_and(|t| intersects(&caller.groups, &t.approver_groups))
+    /// Eligible to approve (or deny, or end) this session: the `approve` action under policy.
+    fn may_approve(&self, caller: &PrincipalRecord, target: &TargetDoc, s: &Session) -> bool {
+        if is_admin(caller) {
+            return true;
+        }
+        let Ok(engine) = self.engine() else { return false };
+        let ctx = crate::policy::session_context(s, self.clock.now(), self.offset());
+        engine
+            .authorize(
+                &crate::policy::principal_info(caller),
+                stint_policy::Action::Approve,
+                &crate::policy::target_info(target),
+                &ctx,
+            )
+            .allow
     }
 
     /// Whether the caller may see the session; also tells if it may act as its approver.
@@ -1362,9 +1404,14 @@ impl Service {
         if is_admin(caller) {
             return Ok((true, true));
         }
-        let target = self.target_doc(&s.target).await.ok();
-        let approver = Self::may_approve(caller, target.as_ref());
-        Ok((s.principal.as_str() == caller.id || approver, approver))
+        let own = s.principal.as_str() == caller.id;
+        // A principal never approves its own session; others are eligible when policy says so.
+        let approver = !own
+            && match self.target_doc(&s.target).await {
+                Ok(t) => self.may_approve(caller, &t, s),
+                Err(_) => false,
+            };
+        Ok((own || approver, approver))
     }
 
     /// Requests a session.
@@ -1386,21 +1433,8 @@ impl Service {
             }
             Err(e) => return Err(e),
         };
-        if req.break_glass {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "policy_denied",
-                "break-glass sessions need a policy that permits them; none is configured",
-            ));
-        }
-        if !is_admin(caller) && !intersects(&caller.groups, &target.requester_groups) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "policy_denied",
-                format!("principal may not request sessions on `{}`", target.name),
-            ));
-        }
-        let binding = req.binding.unwrap_or(Binding {
+
+        let binding = req.binding.clone().unwrap_or(Binding {
             kind: BindingKind::None,
             reference: None,
         });
@@ -1425,6 +1459,7 @@ impl Service {
             ));
         }
         let now = self.clock.now();
+        let approvals_required = self.decide_request(caller, &target, &req, &binding, now).await?;
         if let Some(r) = &binding.reference
             && self
                 .store
@@ -1447,13 +1482,13 @@ impl Service {
                 ttl_s: req.ttl_s,
                 max_ttl_s: target.max_ttl_s,
                 token_ttl_s: target.token_ttl_s,
-                approvals_required: target.approvals_required,
+                approvals_required,
                 approval_window_s: self.cfg.approval_window_s,
                 binding,
                 not_before: req.not_before,
                 idle_timeout_s: req.idle_timeout_s,
                 max_uses: req.max_uses,
-                break_glass: false,
+                break_glass: req.break_glass,
             },
             now,
         )?;
@@ -1466,18 +1501,31 @@ impl Service {
             })
             .collect();
         let records = self
-            .store
             .commit(Batch {
                 sessions: vec![SessionWrite {
                     session: s.clone(),
                     expected_version: None,
                 }],
                 audit,
+                documents: if s.break_glass {
+                    // A break-glass session waits in the review queue until a human reviews it.
+                    vec![stint_store::DocumentWrite::Insert(stint_store::DocumentRecord {
+                        kind: "review_pending".into(),
+                        name: s.id.to_string(),
+                        doc: "{}".into(),
+                        created_at: now,
+                    })]
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             })
             .await?;
         m::audit_written(records.len());
         metrics::counter!(m::SESSIONS_REQUESTED).increment(1);
+        if s.break_glass {
+            self.notify_break_glass(&s, &caller.name);
+        }
         let placeholder = Session {
             state: State::Requested,
             ..s.clone()
@@ -1703,7 +1751,9 @@ impl Service {
                 ));
             }
         } else if nonce.is_some() {
-            return Err(ApiError::invalid("`nonce` is only accepted for break-glass sessions"));
+            return Err(ApiError::invalid(
+                "`nonce` is only accepted for break-glass sessions",
+            ));
         }
         let target = self.target_doc(&session.target).await.map_err(|_| {
             ApiError::new(
@@ -2101,7 +2151,6 @@ impl Service {
                 metrics::counter!(m::RECONCILE_ZOMBIES, "kind" => kind).increment(1);
             }
             let records = self
-                .store
                 .commit(Batch {
                     audit,
                     ..Default::default()
@@ -2519,13 +2568,319 @@ impl Service {
         })
     }
 
+    // ----- policies ---------------------------------------------------------------------------
+
+    fn offset(&self) -> time::UtcOffset {
+        self.cfg.utc_offset().unwrap_or(time::UtcOffset::UTC)
+    }
+
+    fn target_infos(&self) -> Vec<stint_policy::TargetInfo> {
+        let cache = self.target_cache.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = cache.values().map(crate::policy::target_info).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The engine in force.
+    pub fn engine(&self) -> ApiResult<Arc<stint_policy::PolicyEngine>> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| p.engine.clone())
+            .ok_or_else(ApiError::not_ready)
+    }
+
+    fn policy_state(&self) -> ApiResult<crate::policy::PolicyState> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(ApiError::not_ready)
+    }
+
+    fn errors_text(errors: &[stint_policy::PolicyError]) -> String {
+        errors
+            .iter()
+            .map(|e| format!("line {}, column {}: {}", e.line, e.column, e.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Start-up: the API's set if one was ever PUT, else the `.cedar` files of `policy_dir`, else
+    /// none; an invalid set stops the start (fail closed) with its lines and columns.
+    async fn load_policies(&self) -> anyhow::Result<()> {
+        use crate::policy::Origin;
+        let stored = self
+            .store
+            .documents("policy")
+            .await?
+            .into_iter()
+            .find(|d| d.name == "current");
+        let (source, origin) = match (stored, &self.cfg.policy_dir) {
+            (Some(d), _) => {
+                let v: serde_json::Value = serde_json::from_str(&d.doc)?;
+                (v["source"].as_str().unwrap_or_default().to_owned(), Origin::Api)
+            }
+            (None, Some(dir)) => (crate::policy::read_dir(dir)?, Origin::Files),
+            (None, None) => (String::new(), Origin::None),
+        };
+        let engine = stint_policy::PolicyEngine::new(&source, &self.target_infos())
+            .map_err(|e| anyhow::anyhow!("the policy set is invalid: {}", Self::errors_text(&e)))?;
+        tracing::info!(origin = ?origin, hash = %engine.hash(), policies = engine.user_policies(), "policies loaded");
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Some(crate::policy::PolicyState {
+            source,
+            origin,
+            engine: Arc::new(engine),
+        });
+        Ok(())
+    }
+
+    /// Targets changed: the generated policies follow.
+    fn rebuild_policy(&self) {
+        let mut guard = self.policy.write().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = guard.as_mut() else { return };
+        match stint_policy::PolicyEngine::new(&state.source, &self.target_infos()) {
+            Ok(e) => state.engine = Arc::new(e),
+            Err(e) => {
+                tracing::error!(errors = %Self::errors_text(&e), "rebuilding policies after a target change failed; the previous set stays")
+            }
+        }
+    }
+
+    /// Decides a session request under policy; returns the approvals it needs. A refusal names the
+    /// deciding policies and is audited.
+    async fn decide_request(
+        &self,
+        caller: &Caller,
+        target: &TargetDoc,
+        req: &CreateSession,
+        binding: &Binding,
+        now: OffsetDateTime,
+    ) -> ApiResult<u32> {
+        let engine = self.engine()?;
+        let ctx = crate::policy::context(
+            req.ttl_s,
+            &req.reason,
+            binding,
+            req.break_glass,
+            now,
+            self.offset(),
+        );
+        let action = if req.break_glass {
+            stint_policy::Action::BreakGlass
+        } else {
+            stint_policy::Action::Request
+        };
+        // Admins may request any target (as before policies); break-glass always needs a permit.
+        let decision = if is_admin(caller) && !req.break_glass {
+            stint_policy::Decision {
+                allow: true,
+                approvals_required: target.approvals_required,
+                reasons: Vec::new(),
+            }
+        } else {
+            engine.authorize(
+                &crate::policy::principal_info(caller),
+                action,
+                &crate::policy::target_info(target),
+                &ctx,
+            )
+        };
+        if !decision.allow {
+            let reasons = decision.reasons.clone();
+            self.commit(Batch {
+                audit: vec![event(
+                    now,
+                    &caller.id,
+                    "policy.denied",
+                    json!({"action": action.as_str(), "target": target.name, "ttl_s": req.ttl_s,
+                           "break_glass": req.break_glass, "policies": reasons, "policy_hash": engine.hash()}),
+                )],
+                ..Default::default()
+            })
+            .await?;
+            let why = if decision.reasons.is_empty() {
+                "no policy permits this request".to_owned()
+            } else {
+                format!("denied by {}", decision.reasons.join(", "))
+            };
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "policy_denied",
+                format!(
+                    "{} on `{}`: {why}",
+                    if req.break_glass { "break-glass" } else { "request" },
+                    target.name
+                ),
+            )
+            .with_policies(decision.reasons));
+        }
+        if !req.break_glass {
+            return Ok(decision.approvals_required.max(target.approvals_required));
+        }
+        if target.kind != TargetKind::Jwt {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "break_glass_unsupported",
+                "break-glass sessions are available for jwt targets (one use per credential is enforced at introspection)",
+            ));
+        }
+        if req.ttl_s > self.cfg.break_glass_max_ttl_s {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ttl_too_long",
+                format!(
+                    "break-glass sessions last at most {} s",
+                    self.cfg.break_glass_max_ttl_s
+                ),
+            ));
+        }
+        Ok(0)
+    }
+
+    /// `PUT /v1/policies` (admin): validated against the schema before it takes effect.
+    pub async fn put_policies(&self, caller: &Caller, source: String) -> ApiResult<(String, usize)> {
+        require_admin(caller)?;
+        if source.len() > 256 * 1024 {
+            return Err(ApiError::invalid("the policy set is larger than 256 KiB"));
+        }
+        let _gate = self.admin_gate.write().await;
+        let engine = stint_policy::PolicyEngine::new(&source, &self.target_infos()).map_err(|errors| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_policy",
+                format!("the policy set is invalid: {}", Self::errors_text(&errors)),
+            )
+            .with_errors(
+                errors
+                    .iter()
+                    .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
+                    .collect(),
+            )
+        })?;
+        let old = self.policy_state()?;
+        let now = self.clock.now();
+        let (hash, n) = (engine.hash(), engine.user_policies());
+        let mut documents = Vec::new();
+        if old.origin == crate::policy::Origin::Api {
+            documents.push(stint_store::DocumentWrite::Delete(
+                "policy".into(),
+                "current".into(),
+            ));
+        }
+        documents.push(stint_store::DocumentWrite::Insert(stint_store::DocumentRecord {
+            kind: "policy".into(),
+            name: "current".into(),
+            doc: json!({"source": source, "hash": hash}).to_string(),
+            created_at: now,
+        }));
+        self.commit(Batch {
+            documents,
+            audit: vec![event(
+                now,
+                &caller.id,
+                "policy.changed",
+                json!({"hash": hash, "policies": n, "previous_hash": old.engine.hash()}),
+            )],
+            ..Default::default()
+        })
+        .await?;
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Some(crate::policy::PolicyState {
+            source,
+            origin: crate::policy::Origin::Api,
+            engine: Arc::new(engine),
+        });
+        Ok((hash, n))
+    }
+
+    /// `GET /v1/policies` (admin).
+    pub fn get_policies(&self, caller: &Caller) -> ApiResult<serde_json::Value> {
+        require_admin(caller)?;
+        let p = self.policy_state()?;
+        Ok(json!({
+            "source": p.source,
+            "hash": p.engine.hash(),
+            "origin": p.origin,
+            "policies": p.engine.user_policies(),
+            "generated": p.engine.generated_source(),
+        }))
+    }
+
+    /// `POST /v1/policies/check` (admin): what would happen, and why, without creating anything.
+    pub async fn policy_check(&self, caller: &Caller, q: PolicyCheck) -> ApiResult<serde_json::Value> {
+        require_admin(caller)?;
+        let principal = self.directory.by_name(&q.principal).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "no live principal named `{}`",
+                q.principal.escape_debug()
+            ))
+        })?;
+        let target = self
+            .target_doc(&q.target)
+            .await
+            .map_err(|_| ApiError::invalid(format!("no target named `{}`", q.target.escape_debug())))?;
+        let at = q.at.unwrap_or_else(|| self.clock.now());
+        let binding = q.binding.unwrap_or_default();
+        let engine = self.engine()?;
+        let ctx = crate::policy::context(
+            q.ttl_s,
+            "policy check",
+            &binding,
+            q.break_glass,
+            at,
+            self.offset(),
+        );
+        let action = if q.break_glass {
+            stint_policy::Action::BreakGlass
+        } else {
+            stint_policy::Action::Request
+        };
+        let tinfo = crate::policy::target_info(&target);
+        let d = engine.authorize(&crate::policy::principal_info(&principal), action, &tinfo, &ctx);
+        let approvers: Vec<stint_policy::PrincipalInfo> = self
+            .directory
+            .all()
+            .iter()
+            .filter(|p| p.id != principal.id)
+            .map(|p| crate::policy::principal_info(p))
+            .collect();
+        let eligible = engine.eligible_approvers(&approvers, &tinfo, &ctx);
+        let approvals = if q.break_glass {
+            0
+        } else {
+            d.approvals_required.max(target.approvals_required)
+        };
+        Ok(json!({
+            "decision": if d.allow { "allow" } else { "deny" },
+            "approvals_required": if d.allow { approvals } else { 0 },
+            "eligible_approvers": eligible,
+            "reasons": d.reasons,
+            "policy_hash": engine.hash(),
+        }))
+    }
+
+    /// `GET /v1/policies/lint` (admin).
+    pub fn policy_lint(&self, caller: &Caller) -> ApiResult<Vec<stint_policy::Finding>> {
+        require_admin(caller)?;
+        let engine = self.engine()?;
+        let cfg = stint_policy::LintConfig {
+            break_glass_max_ttl_s: self.cfg.break_glass_max_ttl_s,
+            break_glass_notify: self.cfg.break_glass_webhook_url.is_some(),
+            ..stint_policy::LintConfig::default()
+        };
+        Ok(engine.lint(&self.target_infos(), &cfg))
+    }
+
     /// `POST /v1/sessions/{id}/challenge`: a fresh single-use nonce the session's principal must send
     /// with its next credential request (step-up for break-glass sessions).
     pub async fn challenge(&self, caller: &Caller, id: &str) -> ApiResult<(String, OffsetDateTime)> {
         use base64::Engine;
         let (sid, own, _, session) = self.parse_and_authorize(caller, id).await?;
         if !own {
-            return Err(ApiError::forbidden("only the session's principal can be challenged"));
+            return Err(ApiError::forbidden(
+                "only the session's principal can be challenged",
+            ));
         }
         if !session.break_glass {
             return Err(ApiError::new(
@@ -2596,13 +2951,26 @@ impl Service {
         let sid = s.id.clone();
         tokio::spawn(async move {
             let event_id = format!("{sid}:break_glass.started");
-            let outcome =
-                crate::notify::send(&svc.http, &url, secret.as_bytes(), &event_id, now.unix_timestamp(), &body).await;
+            let outcome = crate::notify::send(
+                &svc.http,
+                &url,
+                secret.as_bytes(),
+                &event_id,
+                now.unix_timestamp(),
+                &body,
+            )
+            .await;
             let (action, details) = match outcome {
-                Ok(attempts) => ("notification.sent", json!({"kind": "break_glass.started", "attempts": attempts})),
+                Ok(attempts) => (
+                    "notification.sent",
+                    json!({"kind": "break_glass.started", "attempts": attempts}),
+                ),
                 Err(e) => {
                     tracing::error!(session = %sid, error = %e, "break-glass notification failed");
-                    ("notification.failed", json!({"kind": "break_glass.started", "error": e}))
+                    (
+                        "notification.failed",
+                        json!({"kind": "break_glass.started", "error": e}),
+                    )
                 }
             };
             let at = svc.clock.now();
@@ -2624,7 +2992,9 @@ impl Service {
     /// `GET /v1/reviews`: break-glass sessions nobody has reviewed yet (admins and approvers).
     pub async fn reviews(&self, caller: &Caller) -> ApiResult<Vec<Session>> {
         if !is_admin(caller) && caller.kind != PrincipalKind::Approver.as_str() {
-            return Err(ApiError::forbidden("the review queue is for approvers and admins"));
+            return Err(ApiError::forbidden(
+                "the review queue is for approvers and admins",
+            ));
         }
         let mut out = Vec::new();
         for d in self.store.documents("review_pending").await? {
@@ -2649,7 +3019,9 @@ impl Service {
             return Err(ApiError::forbidden("reviews are for approvers and admins"));
         }
         if !matches!(verdict, "justified" | "unjustified") {
-            return Err(ApiError::invalid("`verdict` must be `justified` or `unjustified`"));
+            return Err(ApiError::invalid(
+                "`verdict` must be `justified` or `unjustified`",
+            ));
         }
         check_text("notes", notes, true)?;
         let sid = SessionId::parse(id).ok_or_else(|| ApiError::not_found("session"))?;

@@ -12,6 +12,7 @@ mod guard;
 mod harness;
 mod oidc;
 mod pg;
+mod policy;
 mod smoke;
 mod ssh;
 mod sshd;
