@@ -1459,6 +1459,25 @@ impl Service {
             ));
         }
         let now = self.clock.now();
+        let new_session = |approvals_required: u32| NewSession {
+            id: SessionId::from_u128(new_u128()),
+            principal: PrincipalId::parse(&caller.id).unwrap_or_else(|| PrincipalId::from_u128(0)),
+            target: target.name.clone(),
+            reason: req.reason.clone(),
+            ttl_s: req.ttl_s,
+            max_ttl_s: target.max_ttl_s,
+            token_ttl_s: target.token_ttl_s,
+            approvals_required,
+            approval_window_s: self.cfg.approval_window_s,
+            binding: binding.clone(),
+            not_before: req.not_before,
+            idle_timeout_s: req.idle_timeout_s,
+            max_uses: req.max_uses,
+            break_glass: req.break_glass,
+        };
+        // Malformed requests are refused (422) before policy is asked, so a denial is never
+        // recorded for a request that could not have been made.
+        Session::request(new_session(0), now)?;
         let approvals_required = self.decide_request(caller, &target, &req, &binding, now).await?;
         if let Some(r) = &binding.reference
             && self
@@ -1472,26 +1491,8 @@ impl Service {
                 "the activity this session is bound to has already ended",
             ));
         }
-        let principal = PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?;
-        let (s, fx) = Session::request(
-            NewSession {
-                id: SessionId::from_u128(new_u128()),
-                principal,
-                target: target.name.clone(),
-                reason: req.reason,
-                ttl_s: req.ttl_s,
-                max_ttl_s: target.max_ttl_s,
-                token_ttl_s: target.token_ttl_s,
-                approvals_required,
-                approval_window_s: self.cfg.approval_window_s,
-                binding,
-                not_before: req.not_before,
-                idle_timeout_s: req.idle_timeout_s,
-                max_uses: req.max_uses,
-                break_glass: req.break_glass,
-            },
-            now,
-        )?;
+        PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?;
+        let (s, fx) = Session::request(new_session(approvals_required), now)?;
         let _g = self.lock(&s.id).await;
         let audit = fx
             .into_iter()

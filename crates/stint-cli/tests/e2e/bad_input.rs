@@ -175,12 +175,19 @@ impl Env {
     }
 
     /// What must not change: principals, targets, sessions, the audit trail and the signing keys.
+    /// (A request that policy refuses is recorded as a `policy.denied` audit event — the decision
+    /// and the policies behind it — and changes nothing else.)
     async fn snapshot(&self) -> Value {
         let a = &self.w.admin;
         let (_, p) = a.get("/v1/principals?limit=1000").await;
         let (_, t) = a.get("/v1/targets?limit=1000").await;
         let (_, s) = a.get("/v1/sessions?limit=1000").await;
-        let audit = a.audit_all().await;
+        let audit: Vec<Value> = a
+            .audit_all()
+            .await
+            .into_iter()
+            .filter(|e| e["action"] != "policy.denied")
+            .collect();
         let kids: Vec<Option<String>> = harness::jwks(&a.addr)
             .await
             .keys

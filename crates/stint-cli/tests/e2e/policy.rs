@@ -298,8 +298,8 @@ permit(principal in Group::"vendors", action == Action::"request", resource == T
         )
         .await;
     assert_eq!((st, d["state"].as_str()), (StatusCode::OK, Some("denied")));
-    // Beyond every permit's TTL bound (the user's 7200 s, the generated 14400 s) the request is denied
-    // by default: no policy matched.
+    // Above the target's maximum the request is malformed (422) before policy is asked; a principal
+    // no policy permits is denied by default, with no policy to name.
     let (st, e) = o
         .vendor
         .post(
@@ -309,9 +309,24 @@ permit(principal in Group::"vendors", action == Action::"request", resource == T
         .await;
     assert_eq!(
         (st, e["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("ttl_too_long")),
+        "{e}"
+    );
+    let (_, stranger) = o.admin.principal("stranger", "service", &["elsewhere"]).await;
+    let (st, e) = o
+        .server
+        .as_key(&stranger)
+        .post(
+            "/v1/sessions",
+            json!({"target": "plc-gw", "reason": "r", "ttl_s": 600, "binding": ticket("OT-8")}),
+        )
+        .await;
+    assert_eq!(
+        (st, e["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("policy_denied")),
         "{e}"
     );
+    assert!(e.get("policies").is_none() || e["policies"] == json!([]), "{e}");
 }
 
 /// What the webhook receiver got: headers and body of each call.
