@@ -383,6 +383,22 @@ fn all_routes(e: &Env) -> Vec<(Method, String, RawBody)> {
         (Method::GET, "/v1/hook-sources".into(), RawBody::Empty),
         (Method::POST, "/v1/hook-sources".into(), j(hook_source_body())),
         (Method::GET, "/v1/events/stream".into(), RawBody::Empty),
+        (Method::PUT, "/v1/policies".into(), j(json!({"source": ""}))),
+        (Method::GET, "/v1/policies".into(), RawBody::Empty),
+        (Method::GET, "/v1/policies/schema".into(), RawBody::Empty),
+        (
+            Method::POST,
+            "/v1/policies/check".into(),
+            j(json!({"principal": "ci", "target": "api", "ttl_s": 60})),
+        ),
+        (Method::GET, "/v1/policies/lint".into(), RawBody::Empty),
+        (Method::GET, "/v1/reviews".into(), RawBody::Empty),
+        (Method::POST, format!("/v1/sessions/{a}/challenge"), j(json!({}))),
+        (
+            Method::POST,
+            format!("/v1/sessions/{a}/review"),
+            j(json!({"verdict": "justified", "notes": "x"})),
+        ),
         (
             Method::POST,
             "/oauth2/introspect".into(),
@@ -411,6 +427,9 @@ fn json_routes(e: &Env) -> Vec<(Who, Method, String)> {
         (Who::Admin, Method::POST, "/v1/reconcile".into()),
         (Who::Admin, Method::POST, "/v1/trusts".into()),
         (Who::Admin, Method::POST, "/v1/hook-sources".into()),
+        (Who::Admin, Method::PUT, "/v1/policies".into()),
+        (Who::Admin, Method::POST, "/v1/policies/check".into()),
+        (Who::Admin, Method::POST, format!("/v1/sessions/{a}/review")),
     ]
 }
 
@@ -1110,6 +1129,14 @@ async fn non_admins_are_forbidden_on_admin_routes() {
         (Method::POST, "/v1/trusts".into(), j(trust_body())),
         (Method::GET, "/v1/hook-sources".into(), RawBody::Empty),
         (Method::POST, "/v1/hook-sources".into(), j(hook_source_body())),
+        (Method::PUT, "/v1/policies".into(), j(json!({"source": ""}))),
+        (Method::GET, "/v1/policies".into(), RawBody::Empty),
+        (
+            Method::POST,
+            "/v1/policies/check".into(),
+            j(json!({"principal": "ci", "target": "api", "ttl_s": 60})),
+        ),
+        (Method::GET, "/v1/policies/lint".into(), RawBody::Empty),
     ];
     let mut cases = Vec::new();
     for who in [Who::Ci, Who::Alice, Who::Rs] {
