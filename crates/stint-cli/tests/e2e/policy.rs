@@ -626,3 +626,48 @@ permit(principal, action == Action::"request", resource == Target::"no-such-targ
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn policy_files_are_read_at_start_and_an_invalid_one_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pdir = dir.path().join("policies");
+    std::fs::create_dir_all(&pdir).expect("mkdir");
+    std::fs::write(
+        pdir.join("10-vendors.cedar"),
+        "@id(\"no-night-vendors\")\nforbid(principal, action == Action::\"request\", resource)\n  when { principal.kind == \"vendor\" && context.time.hour < 5 };\n",
+    )
+    .expect("write");
+    std::fs::write(pdir.join("notes.txt"), "not a policy").expect("write");
+    let pdir_s = pdir.display().to_string();
+    let server = Server::start_with(&[("STINT_POLICY_DIR", pdir_s.as_str())]).await;
+    let (st, v) = server.admin().get("/v1/policies").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        (v["origin"].as_str(), v["policies"].as_u64()),
+        (Some("files"), Some(1)),
+        "{v}"
+    );
+    assert!(v["source"].as_str().expect("source").contains("no-night-vendors"));
+    drop(server);
+
+    // An invalid file: the server refuses to start and says where.
+    std::fs::write(
+        pdir.join("20-broken.cedar"),
+        "permit(principal, action, resource)\n  when { context.nope };\n",
+    )
+    .expect("write");
+    let data = dir.path().join("data2");
+    let out = std::process::Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("STINT_POLICY_DIR", &pdir)
+        .env("STINT_BOOTSTRAP_ADMIN_KEY", crate::harness::keygen())
+        .output()
+        .expect("stint server");
+    assert!(!out.status.success(), "an invalid policy set stops the start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("policy set is invalid") && err.contains("line"),
+        "{err}"
+    );
+}
