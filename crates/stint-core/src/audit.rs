@@ -72,22 +72,35 @@ pub fn canonical(
     session: Option<&str>,
     details: &str,
 ) -> Option<String> {
-    let parsed: Value = serde_json::from_str(details).ok()?;
+    let parsed = sorted(serde_json::from_str(details).ok()?);
     let reencoded = parsed.to_string();
     if reencoded != details {
         return None;
     }
-    let details = parsed;
-    // serde_json's default map is a BTreeMap: keys come out sorted, at every depth.
-    let value = serde_json::json!({
+    let value = sorted(serde_json::json!({
         "seq": seq,
         "at": at,
         "actor": actor,
         "action": action,
         "session": session,
-        "details": details,
-    });
+        "details": parsed,
+    }));
     Some(value.to_string())
+}
+
+/// `value` with the keys of every object in sorted order. The canonical form must not depend on how
+/// serde_json's map is built: another crate in the same binary may turn on its `preserve_order`
+/// feature (cedar-policy does), which makes maps keep insertion order.
+pub fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
 }
 
 /// `sha256(prev_hash ‖ canonical)` as lowercase hex.
@@ -102,7 +115,7 @@ impl PendingAudit {
     /// Places the event in the chain after a record with hash `prev_hash` at position `seq - 1`.
     pub fn seal(&self, seq: i64, prev_hash: &str) -> AuditRecord {
         let at = format_time(self.at);
-        let details = self.details.to_string();
+        let details = sorted(self.details.clone()).to_string();
         let session = self.session.as_ref().map(|s| s.as_str().to_owned());
         // INVARIANT: `details` was produced from a serde_json::Value just above, so it parses.
         let canon =
