@@ -26,9 +26,9 @@ use crate::cli::{ExecArgs, request_body};
 use crate::client::{Client, parse_duration};
 
 /// Exit code when the session was denied, expired or canceled before it started.
-pub(crate) const NOT_GRANTED: u8 = 77;
+const NOT_GRANTED: u8 = 77;
 /// Exit code when interrupted while waiting for approval.
-pub(crate) const INTERRUPTED: u8 = 130;
+const INTERRUPTED: u8 = 130;
 
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
@@ -48,13 +48,13 @@ fn seconds_until(v: &Value) -> Option<i64> {
     Some((t - now).whole_seconds())
 }
 
-pub(crate) enum Waited {
+enum Waited {
     Active,
     NotGranted(String),
     Interrupted,
 }
 
-pub(crate) async fn wait_for_approval(
+async fn wait_for_approval(
     c: &Client,
     id: &str,
     first: &Value,
@@ -132,6 +132,36 @@ pub(crate) fn private_dir(what: &str, id: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Requests a session and waits until it is active. `Ok(Err(code))` when it never became active:
+/// the exit code to return (77 not granted, 130 interrupted; the request is withdrawn then).
+pub(crate) async fn open_session(
+    c: &Client,
+    body: Value,
+    give_up: Option<u64>,
+) -> anyhow::Result<Result<String, ExitCode>> {
+    let session = c.post("/v1/sessions", body).await?;
+    let id = session["id"]
+        .as_str()
+        .context("the server returned no session id")?
+        .to_owned();
+    match wait_for_approval(c, &id, &session, give_up).await {
+        Ok(Waited::Active) => Ok(Ok(id)),
+        Ok(Waited::NotGranted(state)) => {
+            eprintln!("stint: session {id} was not granted (it is {state})");
+            Ok(Err(ExitCode::from(NOT_GRANTED)))
+        }
+        Ok(Waited::Interrupted) => {
+            // `end` cancels a pending session and ends one that was approved a moment ago.
+            end_session(c, &id).await;
+            Ok(Err(ExitCode::from(INTERRUPTED)))
+        }
+        Err(e) => {
+            end_session(c, &id).await;
+            Err(e)
+        }
+    }
+}
+
 /// Runs `stint exec`.
 pub async fn run(c: Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
     let binding = a
@@ -147,28 +177,10 @@ pub async fn run(c: Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .context("--wait")?;
     let body = request_body(&a.session, Some(&binding), Some(&idle_s.to_string()), None, None)?;
-    let session = c.post("/v1/sessions", body).await?;
-    let id = session["id"]
-        .as_str()
-        .context("the server returned no session id")?
-        .to_owned();
-
-    match wait_for_approval(&c, &id, &session, give_up).await {
-        Ok(Waited::Active) => {}
-        Ok(Waited::NotGranted(state)) => {
-            eprintln!("stint: session {id} was not granted (it is {state})");
-            return Ok(ExitCode::from(NOT_GRANTED));
-        }
-        Ok(Waited::Interrupted) => {
-            // `end` cancels a pending session and ends one that was approved a moment ago.
-            end_session(&c, &id).await;
-            return Ok(ExitCode::from(INTERRUPTED));
-        }
-        Err(e) => {
-            end_session(&c, &id).await;
-            return Err(e);
-        }
-    }
+    let id = match open_session(&c, body, give_up).await? {
+        Ok(id) => id,
+        Err(code) => return Ok(code),
+    };
 
     let result = run_child(&c, &id, idle_s, &a.command).await;
     // Whatever happened to the child, the session ends now.

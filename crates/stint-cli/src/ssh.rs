@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{SshArgs, request_body};
 use crate::client::{Client, parse_duration};
-use crate::exec::{INTERRUPTED, NOT_GRANTED, Waited, end_session, hostname, private_dir, wait_for_approval};
+use crate::exec::{end_session, hostname, open_session, private_dir};
 
 /// Runs `stint ssh`.
 pub async fn run(c: Client, a: SshArgs) -> anyhow::Result<ExitCode> {
@@ -29,26 +29,10 @@ pub async fn run(c: Client, a: SshArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .context("--wait")?;
     let body = request_body(&a.session, Some(&binding), None, None, None)?;
-    let session = c.post("/v1/sessions", body).await?;
-    let id = session["id"]
-        .as_str()
-        .context("the server returned no session id")?
-        .to_owned();
-    match wait_for_approval(&c, &id, &session, give_up).await {
-        Ok(Waited::Active) => {}
-        Ok(Waited::NotGranted(state)) => {
-            eprintln!("stint: session {id} was not granted (it is {state})");
-            return Ok(ExitCode::from(NOT_GRANTED));
-        }
-        Ok(Waited::Interrupted) => {
-            end_session(&c, &id).await;
-            return Ok(ExitCode::from(INTERRUPTED));
-        }
-        Err(e) => {
-            end_session(&c, &id).await;
-            return Err(e);
-        }
-    }
+    let id = match open_session(&c, body, give_up).await? {
+        Ok(id) => id,
+        Err(code) => return Ok(code),
+    };
     let dir = private_dir("ssh", &id)?;
     let result = connect(&c, &id, &dir, &a).await;
     end_session(&c, &id).await;
