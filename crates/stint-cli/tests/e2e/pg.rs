@@ -120,6 +120,15 @@ async fn credential(api: &Api, sid: &str) -> Value {
     v
 }
 
+/// Waits up to `secs` for the session's first credential to be confirmed revoked.
+async fn confirmed(api: &Api, sid: &str, secs: u64) {
+    let ok = eventually(Duration::from_secs(secs), || async {
+        revocation_of(api, sid).await["revocation"] == "confirmed"
+    })
+    .await;
+    assert!(ok, "revocation confirmed: {}", revocation_of(api, sid).await);
+}
+
 async fn revocation_of(api: &Api, sid: &str) -> Value {
     let (_, s) = api.get(&format!("/v1/sessions/{sid}")).await;
     s["credentials"][0].clone()
@@ -174,14 +183,7 @@ async fn dynamic_role_is_created_granted_and_dropped_with_its_connections_at_end
     let (st, v) = svc.post(&format!("/v1/sessions/{sid}/end"), json!({})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "ended");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            revocation_of(&svc, &sid).await["revocation"] == "confirmed"
-        })
-        .await,
-        "revocation confirmed: {}",
-        revocation_of(&svc, &sid).await
-    );
+    confirmed(&svc, &sid, 10).await;
     assert!(!db.role_exists(&role).await, "role dropped");
     assert!(
         sqlx::query_scalar::<_, i32>("SELECT 1")
@@ -227,12 +229,7 @@ async fn deadline_drops_the_role() {
     let cred = credential(&svc, &sid).await;
     let role = cred["username"].as_str().expect("username").to_owned();
     assert!(db.role_exists(&role).await);
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            revocation_of(&svc, &sid).await["revocation"] == "confirmed"
-        })
-        .await
-    );
+    confirmed(&svc, &sid, 15).await;
     let (_, s) = svc.get(&format!("/v1/sessions/{sid}")).await;
     assert_eq!(s["end_reason"], "deadline", "{s}");
     assert!(!db.role_exists(&role).await, "role dropped at the deadline");
@@ -353,12 +350,7 @@ async fn passwords_and_validity_are_real_and_never_stored_or_logged_in_clear() {
 
     let (st, _) = svc.post(&format!("/v1/sessions/{sid}/end"), json!({})).await;
     assert_eq!(st, StatusCode::OK);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            revocation_of(&svc, &sid).await["revocation"] == "confirmed"
-        })
-        .await
-    );
+    confirmed(&svc, &sid, 10).await;
     assert!(!can_login(&opts).await, "the password died with the session");
 
     // VALID UNTIL is the credential's expiry, so even a role whose drop failed could not log in
@@ -423,12 +415,7 @@ async fn checkout_mode_rotates_the_account_password_in_and_out() {
     let mut conn = PgConnection::connect_with(&opts).await.expect("login");
     let (st, _) = svc.post(&format!("/v1/sessions/{sid}/end"), json!({})).await;
     assert_eq!(st, StatusCode::OK);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            revocation_of(&svc, &sid).await["revocation"] == "confirmed"
-        })
-        .await
-    );
+    confirmed(&svc, &sid, 10).await;
     assert!(
         !can_login(&opts).await,
         "the password the session saw died with it"
@@ -507,14 +494,7 @@ async fn unreachable_target_keeps_the_revocation_pending_across_a_crash_until_it
     server.restart();
     server.wait_ready().await;
     let svc = server.as_key(&svc.key);
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            revocation_of(&svc, &sid).await["revocation"] == "confirmed"
-        })
-        .await,
-        "confirmed after restart: {}",
-        revocation_of(&svc, &sid).await
-    );
+    confirmed(&svc, &sid, 20).await;
     assert!(!db.role_exists(&role).await, "role dropped");
     let (_, ev) = svc.get(&format!("/v1/sessions/{sid}/evidence")).await;
     let actions: Vec<&str> = ev["events"]
@@ -591,12 +571,7 @@ async fn a_target_with_live_credentials_cannot_be_deleted_and_pg_credentials_ref
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["code"], "target_busy");
     svc.post(&format!("/v1/sessions/{sid}/end"), json!({})).await;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            revocation_of(&svc, &sid).await["revocation"] == "confirmed"
-        })
-        .await
-    );
+    confirmed(&svc, &sid, 10).await;
     let (st, v) = admin.delete("/v1/targets/busy").await;
     assert!(st.is_success(), "{v}");
     let _ = cred;
