@@ -255,7 +255,7 @@ pub struct PolicyCheck {
 }
 
 /// RFC 8693 form of `POST /oauth2/token`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ExchangeForm {
     /// `urn:ietf:params:oauth:grant-type:token-exchange`.
     pub grant_type: String,
@@ -269,6 +269,19 @@ pub struct ExchangeForm {
     pub scope: Option<String>,
     /// Must be absent or `urn:ietf:params:oauth:token-type:access_token`.
     pub requested_token_type: Option<String>,
+}
+
+impl std::fmt::Debug for ExchangeForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeForm")
+            .field("grant_type", &self.grant_type)
+            .field(
+                "subject_token",
+                &self.subject_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
 }
 
 /// RFC 8693 answer.

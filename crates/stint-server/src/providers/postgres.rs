@@ -32,7 +32,7 @@ pub enum Mode {
 }
 
 /// `config` of a postgres target as given to `POST /v1/targets`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresInput {
     /// Admin connection URL (write-only).
@@ -53,6 +53,17 @@ pub struct PostgresInput {
     pub database: Option<String>,
     /// Prefix of dynamic role names (default `stint_`); reconcile owns every role with it.
     pub role_prefix: Option<String>,
+}
+
+impl std::fmt::Debug for PostgresInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresInput")
+            .field("admin_url", &self.admin_url.as_ref().map(|_| "[redacted]"))
+            .field("grants", &self.grants)
+            .field("mode", &self.mode)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The stored, public part of a postgres target's configuration.
@@ -312,5 +323,18 @@ impl Provider for PostgresProvider {
             });
         }
         Ok(zombies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_admin_url() {
+        let input: PostgresInput =
+            serde_json::from_value(serde_json::json!({"admin_url": "postgres://u:hunter2@db/app"}))
+                .expect("parses");
+        assert!(!format!("{input:?}").contains("hunter2"));
     }
 }

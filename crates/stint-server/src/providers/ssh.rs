@@ -31,7 +31,7 @@ pub struct SshOptions {
 }
 
 /// `config` of an ssh target as given to `POST /v1/targets`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshInput {
     /// Certificate principals (login names on the host).
@@ -45,6 +45,19 @@ pub struct SshInput {
     pub extensions: Option<Vec<String>>,
     /// An existing CA private key (OpenSSH format, write-only); default: a new CA.
     pub ca_private_key: Option<String>,
+}
+
+impl std::fmt::Debug for SshInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshInput")
+            .field("principals", &self.principals)
+            .field("krl_path", &self.krl_path)
+            .field(
+                "ca_private_key",
+                &self.ca_private_key.as_ref().map(|_| "[redacted]"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The stored, public part of an ssh target's configuration.
