@@ -11,15 +11,7 @@ use crate::harness::{Api, Server, now_unix};
 const SECRET: &str = "a-shared-secret-of-32-characters";
 
 fn sign(body: &[u8]) -> String {
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET.as_bytes());
-    let tag = aws_lc_rs::hmac::sign(&key, body);
-    format!(
-        "sha256={}",
-        tag.as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
+    crate::harness::hmac_signature(SECRET, body)
 }
 
 async fn post_hook(

@@ -124,6 +124,44 @@ async fn a_ci_run_exchanges_its_id_token_for_one_run_bound_session_reused_by_lat
         .filter(|e| e["action"] == "token.exchanged")
         .count();
     assert_eq!(n, 3);
+
+    // The run completes: GitHub's webhook ends its session, its token dies at once, and the run's
+    // ID tokens cannot get a new one.
+    let secret = "github-webhook-secret-0123456789";
+    let (st, _) = c
+        .admin
+        .post(
+            "/v1/hook-sources",
+            json!({"name": "gha", "kind": "github", "secret": secret}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let body =
+        serde_json::to_vec(&json!({"action": "completed", "workflow_run": {"id": 9001}})).expect("json");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/hooks/gha", c.server.addr))
+        .header(
+            "x-hub-signature-256",
+            crate::harness::hmac_signature(secret, &body),
+        )
+        .header("x-github-event", "workflow_run")
+        .header("x-github-delivery", "delivery-1")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("hook");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.expect("json")["ended"], json!([sid]));
+    let token = a["access_token"].as_str().expect("token");
+    assert_eq!(c.rs.introspect(token).await, json!({"active": false}));
+    let claims = c.issuer.github_claims("https://stint.example", "9001");
+    let (st, v) = exchange(&c.server, &c.issuer.mint(Alg::Rs256, &claims), "deploy-api").await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{v}"
+    );
 }
 
 #[tokio::test]

@@ -450,7 +450,27 @@ pub async fn raw(addr: &str, method: reqwest::Method, path: &str, auth: Auth<'_>
     }
 }
 
+/// `sha256=<hex HMAC-SHA256 of body>`: how hooks and notifications are signed.
+pub fn hmac_signature(secret: &str, body: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, body);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
 impl Api {
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.addr))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        Self::finish(r).await
+    }
+
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let r = self
             .http

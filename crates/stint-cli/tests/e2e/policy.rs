@@ -9,15 +9,7 @@ use serde_json::{Value, json};
 use crate::harness::{Api, Server, bin};
 
 async fn put_policies(admin: &Api, source: &str) -> (StatusCode, Value) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/v1/policies", admin.addr))
-        .bearer_auth(&admin.key)
-        .json(&json!({"source": source}))
-        .send()
-        .await
-        .expect("put");
-    let st = r.status();
-    (st, r.json::<Value>().await.unwrap_or(Value::Null))
+    admin.put("/v1/policies", json!({"source": source})).await
 }
 
 struct Ot {
@@ -472,15 +464,9 @@ permit(principal in Group::"agents", action == Action::"break_glass", resource =
         .first()
         .cloned()
         .expect("notification received");
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-    let sig: String = aws_lc_rs::hmac::sign(&key, &body)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     assert_eq!(
         headers.get("x-stint-signature").and_then(|h| h.to_str().ok()),
-        Some(format!("sha256={sig}").as_str())
+        Some(crate::harness::hmac_signature(secret, &body).as_str())
     );
     let note: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(
