@@ -35,6 +35,29 @@
 //! named `stint-bench-<random>`. `introspect` and `end` issue their pool first (`--introspect-pool`,
 //! `--end-pool`), outside the measured loop.
 //!
+//! Two scenarios run once per system rather than per concurrency, over `--bulk-concurrency` (32)
+//! connections, and report the server's RSS before, at peak (every 100 ms) and after when given its pid
+//! (`--stint-pid`, `--bao-pid`; read from `/proc/<pid>/status`):
+//!
+//! - `mass-expiry` ([`expiry`]): `--expiry-sessions` (100,000) stint sessions with one JWT each, or
+//!   `--bao-expiry-sessions` (20,000) OpenBao tokens, all with the same deadline; `--expiry-samples` (200)
+//!   of them are checked in a loop until each answers inactive (lag from the deadline, p50/p99/max, and
+//!   active answers after it, which must be 0 for stint), and the server's record is polled until every
+//!   one is gone (`--expiry-timeout` 600 s after the deadline).
+//! - `scale` ([`scale`]): `--scale-sessions` (1,000,000) active stint sessions (`--scale-with-credentials`:
+//!   each with a JWT) or `--bao-scale-sessions` (50,000) OpenBao tokens; creation rate and RSS per item
+//!   (`--scale-timeout` 1800 s).
+//!
+//! ```text
+//! stint-bench --stint-url http://127.0.0.1:8300 -s mass-expiry,scale --stint-pid "$PID" \
+//!   --expiry-sessions 5000 --scale-sessions 20000 --json bulk.json
+//! BAO_TOKEN=root stint-bench --bao-url http://127.0.0.1:8200 -s mass-expiry --bao-pid "$BAO_PID"
+//! ```
+//!
+//! `stint-bench ready --url http://127.0.0.1:8300 [--system openbao] [--timeout 120] [--json FILE]` polls
+//! `/readyz` (OpenBao: `/v1/sys/health`) every 20 ms and prints the seconds until it answered 200, so a
+//! script can time a restart.
+//!
 //! # Pieces
 //!
 //! - [`histogram::Histogram`]: log-linear latency histogram, three significant digits, bounded memory,
@@ -43,10 +66,19 @@
 //! - [`cpu::CpuMeter`]: the process's own CPU time from `/proc/self/stat`.
 //! - [`http::Conn`]: one keep-alive hyper connection, JSON and form helpers.
 //! - [`scenario::Adapter`]: one system under test (stint or OpenBao) with `issue`, `introspect` and `end`.
+//! - [`pgroles`]: the `pg-roles` scenario, one PostgreSQL role per credential for both systems.
+//! - [`report`]: `stint-bench report`, the markdown comparison of `--json` files.
+//! - [`expiry`], [`scale`]: the `mass-expiry` and `scale` scenarios and `stint-bench ready`; [`bulk`]:
+//!   what they share (many requests with progress on stderr, RSS sampling, Prometheus text, RFC 3339).
 
+pub mod bulk;
 pub mod cli;
 pub mod cpu;
+pub mod expiry;
 pub mod histogram;
 pub mod http;
 pub mod load;
+pub mod pgroles;
+pub mod report;
+pub mod scale;
 pub mod scenario;

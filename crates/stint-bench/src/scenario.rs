@@ -2,7 +2,7 @@
 //!
 //! | scenario | stint | OpenBao |
 //! | --- | --- | --- |
-//! | `issue` | `POST /v1/sessions` + `POST /v1/sessions/{id}/credentials` (a JWT) | `POST /v1/auth/token/create-orphan` |
+//! | `issue` | `POST /v1/sessions` with `credential: true` (the session and its JWT, one commit) | `POST /v1/auth/token/create-orphan` |
 //! | `introspect` | `POST /oauth2/introspect` (form `token=…`, as a `resource_server`) | `POST /v1/auth/token/lookup` |
 //! | `end` | `POST /v1/sessions/{id}/end` | `POST /v1/auth/token/revoke` |
 //!
@@ -34,6 +34,12 @@ pub enum Scenario {
     Introspect,
     /// End a session, revoking its credential; OpenBao: revoke a token.
     End,
+    /// PostgreSQL roles, issued then all revoked and checked in PostgreSQL ([`crate::pgroles`]).
+    PgRoles,
+    /// Many sessions (tokens) with one deadline, watched as they die ([`crate::expiry`]).
+    MassExpiry,
+    /// Many live sessions (tokens): creation rate and server memory per item ([`crate::scale`]).
+    Scale,
 }
 
 impl Scenario {
@@ -43,6 +49,9 @@ impl Scenario {
             Self::Issue => "issue",
             Self::Introspect => "introspect",
             Self::End => "end",
+            Self::PgRoles => "pg-roles",
+            Self::MassExpiry => "mass-expiry",
+            Self::Scale => "scale",
         }
     }
 }
@@ -86,6 +95,9 @@ struct ApiKey {
 struct SessionAnswer {
     id: String,
     state: String,
+    /// The JWT issued with the request (`credential: true`).
+    #[serde(default)]
+    credential: Option<CredentialAnswer>,
 }
 
 #[derive(Deserialize)]
@@ -174,34 +186,43 @@ impl Adapter {
         &self.base
     }
 
+    /// The names and keys this adapter acts with, for scenarios in other modules.
+    pub fn access(&self) -> Access<'_> {
+        match &self.system {
+            System::Stint(fx) => Access::Stint {
+                target: &fx.target,
+                // INVARIANT: `Adapter::stint` names the requester group like the target.
+                group: &fx.target,
+                requester_key: &fx.requester_key,
+                resource_server_key: &fx.resource_server_key,
+            },
+            System::Bao { token } => Access::Bao { token },
+        }
+    }
+
     /// Issues one credential: stint creates a session and a JWT for it; OpenBao an orphan token
     /// (`ttl` 5m, policy `default`).
     pub async fn issue(&self, conn: &mut Conn) -> Result<Issued, OpError> {
         match &self.system {
             System::Stint(fx) => {
                 let auth = Auth::Bearer(&fx.requester_key);
-                let body = json!({"target": fx.target, "reason": "stint-bench", "ttl_s": STINT_TTL_S});
+                // One request: the session and its JWT, committed together (`credential: true`).
+                let body = json!({"target": fx.target, "reason": "stint-bench", "ttl_s": STINT_TTL_S,
+                                  "credential": true});
                 let session: SessionAnswer = conn
                     .post_json("/v1/sessions", auth, &body)
                     .await?
                     .expect(&[201])?
                     .json()?;
-                if session.state != "active" {
-                    return Err(OpError::new(format!(
-                        "session is `{}`, not active",
-                        session.state
-                    )));
+                match (session.state.as_str(), session.credential) {
+                    ("active", Some(credential)) => Ok(Issued {
+                        session: Some(session.id),
+                        token: credential.access_token,
+                    }),
+                    (state, _) => Err(OpError::new(format!(
+                        "session is `{state}` without a credential, not active with one"
+                    ))),
                 }
-                let path = format!("/v1/sessions/{}/credentials", session.id);
-                let credential: CredentialAnswer = conn
-                    .send(hyper::Method::POST, &path, auth, crate::http::Body::Empty)
-                    .await?
-                    .expect(&[201])?
-                    .json()?;
-                Ok(Issued {
-                    session: Some(session.id),
-                    token: credential.access_token,
-                })
             }
             System::Bao { token } => {
                 let body = json!({"ttl": "5m", "policies": ["default"]});
@@ -263,6 +284,28 @@ impl Adapter {
         }
         Ok(())
     }
+}
+
+/// What an [`Adapter`] acts with ([`Adapter::access`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// stint: the bench's JWT target (no approval), the group allowed to request on it, and the keys of
+    /// its requester and its `resource_server`.
+    Stint {
+        /// The JWT target.
+        target: &'a str,
+        /// The requester's group.
+        group: &'a str,
+        /// The requester's API key.
+        requester_key: &'a str,
+        /// The resource server's API key.
+        resource_server_key: &'a str,
+    },
+    /// OpenBao: the token acting.
+    Bao {
+        /// Root, or one allowed to create, look up and revoke tokens and list leases.
+        token: &'a str,
+    },
 }
 
 /// The parameters of one scenario run.
@@ -485,6 +528,10 @@ pub async fn prepare(adapter: &Adapter, concurrency: usize, n: usize) -> anyhow:
 pub async fn run(adapter: &Adapter, scenario: Scenario, spec: RunSpec) -> anyhow::Result<ScenarioReport> {
     let mut spec = spec;
     let (job, prepared) = match scenario {
+        Scenario::PgRoles => bail!("`pg-roles` runs through `pgroles::run`"),
+        Scenario::MassExpiry | Scenario::Scale => {
+            bail!("`{}` runs through its own module", scenario.as_str())
+        }
         Scenario::Issue => (Job::Issue { keep: None }, 0),
         Scenario::Introspect => {
             let pool = prepare(adapter, spec.concurrency, spec.introspect_pool.max(1)).await?;
@@ -509,7 +556,7 @@ pub async fn run(adapter: &Adapter, scenario: Scenario, spec: RunSpec) -> anyhow
 }
 
 /// A random `u32` from the standard library's randomly keyed hasher (no `rand` dependency).
-fn random_u32() -> u32 {
+pub(crate) fn random_u32() -> u32 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u8(0);
     hasher.finish() as u32
@@ -611,24 +658,19 @@ mod tests {
                         assert_eq!(body["target"], "t");
                         assert_eq!(body["ttl_s"], STINT_TTL_S);
                         assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+                        if body["credential"] == true {
+                            return Ok((
+                                StatusCode::CREATED,
+                                Json(json!({"id": "ses_1", "state": "active",
+                                            "credential": {"id": "crd_1", "kind": "jwt", "access_token": "jwt-1"}})),
+                            ));
+                        }
                         Ok((
                             StatusCode::CREATED,
                             Json(json!({"id": "ses_1", "state": "active"})),
                         ))
                     },
                 ),
-            )
-            .route(
-                "/v1/sessions/{id}/credentials",
-                post(move |headers: HeaderMap, Path(id): Path<String>| async move {
-                    if !requester(&headers) || id != "ses_1" {
-                        return Err(StatusCode::NOT_FOUND);
-                    }
-                    Ok((
-                        StatusCode::CREATED,
-                        Json(json!({"id": "crd_1", "kind": "jwt", "access_token": "jwt-1"})),
-                    ))
-                }),
             )
             .route(
                 "/v1/sessions/{id}/end",
@@ -643,7 +685,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn stint_issue_creates_a_session_then_a_credential_and_end_ends_each_pooled_session_once() {
+    async fn stint_issue_asks_for_the_session_and_its_jwt_in_one_request_and_end_ends_each_pooled_session_once()
+     {
         let ended = Arc::new(Mutex::new(Vec::new()));
         let adapter = stint_adapter(serve_app(fake_stint_sessions(Arc::clone(&ended))).await);
         let mut conn = Conn::open(adapter.base()).await.unwrap();

@@ -70,15 +70,15 @@ impl Bench {
                     .post(
                         auth,
                         "/v1/sessions",
-                        json!({"target": target, "reason": "bench", "ttl_s": ttl_s}),
+                        json!({"target": target, "reason": "bench", "ttl_s": ttl_s, "credential": true}),
                     )
                     .await?;
                 let sid = s["id"].as_str().unwrap_or_default().to_owned();
-                let c = self
-                    .post(auth, &format!("/v1/sessions/{sid}/credentials"), json!({}))
-                    .await?;
                 Ok(Issued {
-                    token: c["access_token"].as_str().unwrap_or_default().to_owned(),
+                    token: s["credential"]["access_token"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
                     handle: sid,
                 })
             }

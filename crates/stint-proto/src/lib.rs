@@ -271,6 +271,11 @@ pub struct CreateSession {
     /// Break-glass (needs a policy; refused until policies exist).
     #[serde(default)]
     pub break_glass: bool,
+    /// Also issue the session's JWT in the same call when the session is active at once (a jwt target
+    /// needing no approval): the answer then carries `credential`, committed with the session in one
+    /// write. A session that waits for approval is answered without it.
+    #[serde(default)]
+    pub credential: bool,
 }
 
 /// A session's binding on the wire.
@@ -372,6 +377,10 @@ pub struct SessionView {
     pub break_glass: bool,
     /// Credentials issued.
     pub credentials: Vec<CredentialView>,
+    /// The JWT issued with the request (`"credential": true` on `POST /v1/sessions`); only in that
+    /// answer, never stored or shown again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<JwtCredential>,
 }
 
 fn enum_str<T: Serialize>(v: &T) -> String {
@@ -431,6 +440,7 @@ impl From<&Session> for SessionView {
             idle_timeout_s: s.idle_timeout_s,
             break_glass: s.break_glass,
             credentials: s.credentials.iter().map(CredentialView::from).collect(),
+            credential: None,
         }
     }
 }

@@ -12,8 +12,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use stint_proto::{
     ApiKey, ApproveRequest, AuditEvent, AuditVerification, CreatePrincipal, CreateSession, CreateTarget,
-    DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection, IssuedCredential, KeyRotated,
-    List, Principal, PrincipalCreated, PrincipalKind, Problem, ReconcileReport, SessionView, Target,
+    DenyRequest, EndRequest, Evidence, EvidenceChain, Health, Introspection, IssuedCredential, JwtCredential,
+    KeyRotated, List, Principal, PrincipalCreated, PrincipalKind, Problem, ReconcileReport, SessionView,
+    Target,
 };
 use stint_store::{PrincipalRecord, SessionFilter};
 use utoipa::OpenApi;
@@ -382,8 +383,16 @@ async fn create_session(
     Auth(c): Auth,
     Body(req): Body<CreateSession>,
 ) -> ApiResult<(StatusCode, Json<SessionView>)> {
-    let s = svc.request(&c, req).await?;
-    Ok((StatusCode::CREATED, Json(SessionView::from(&s))))
+    let (s, issued) = svc.request_with_credential(&c, req).await?;
+    let mut view = SessionView::from(&s);
+    view.credential = issued.map(|i| JwtCredential {
+        id: i.id.to_string(),
+        kind: "jwt".into(),
+        access_token: i.token,
+        token_type: "Bearer".into(),
+        expires_at: i.expires_at,
+    });
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(SessionQuery),

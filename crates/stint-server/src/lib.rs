@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use stint_core::SystemClock;
+use stint_core::{SessionId, SystemClock};
 use stint_store::SqliteStore;
 
 pub use config::{Config, Overrides};
@@ -143,23 +143,38 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 async fn scheduler_loop(svc: Arc<Service>) {
     loop {
         let due = svc.scheduler.next_due(&*svc.clock).await;
-        // Due sessions are judged many at a time so a mass expiry shares commits (group commit).
-        futures_util::stream::iter(due)
-            .for_each_concurrent(service::RECOVERY_CONCURRENCY, |(id, _)| {
-                let svc = svc.clone();
-                async move {
-                    if let Err(e) = svc.tick(&id).await
-                        && e.status.is_server_error()
-                    {
-                        tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
-                        svc.scheduler
-                            .set(&id, Some(svc.clock.now() + time::Duration::seconds(1)));
-                    }
-                }
-            })
-            .await;
+        // Due sessions are judged in chunks, each read at once and committed as one transaction, so
+        // a mass expiry costs a few large writes. A chunk that fails (a conflicting change raced it)
+        // is judged again one session at a time.
+        let ids: Vec<SessionId> = due.into_iter().map(|(id, _)| id).collect();
+        for chunk in ids.chunks(TICK_CHUNK) {
+            if let Err(e) = svc.tick_many(chunk).await {
+                tracing::debug!(
+                    code = e.code,
+                    sessions = chunk.len(),
+                    "chunk of timers failed; one at a time"
+                );
+                futures_util::stream::iter(chunk)
+                    .for_each_concurrent(service::RECOVERY_CONCURRENCY, |id| {
+                        let svc = svc.clone();
+                        async move {
+                            if let Err(e) = svc.tick(id).await
+                                && e.status.is_server_error()
+                            {
+                                tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
+                                svc.scheduler
+                                    .set(id, Some(svc.clock.now() + time::Duration::seconds(1)));
+                            }
+                        }
+                    })
+                    .await;
+            }
+        }
     }
 }
+
+/// Due sessions judged per transaction.
+const TICK_CHUNK: usize = 512;
 
 /// Most revocation jobs talking to target systems at once.
 const REVOCATION_CONCURRENCY: usize = 32;

@@ -38,6 +38,9 @@ use crate::secrets::Kek;
 /// Lock stripes serializing changes to one session on this node.
 const STRIPES: usize = 256;
 
+/// Live sessions read per page at start.
+const RECOVERY_PAGE: u32 = 5000;
+
 /// How many sessions start-up recovery and the timers judge at once.
 pub const RECOVERY_CONCURRENCY: usize = 64;
 
@@ -147,7 +150,14 @@ struct AccessClaims<'a> {
     sid: &'a str,
 }
 
-/// What a credential request returns.
+/// A JWT signed but not yet committed (never logged: no `Debug`).
+struct SignedJwt {
+    token: String,
+    hash: TokenHash,
+    exp: OffsetDateTime,
+}
+
+/// What a credential request returns: a JWT issued and committed.
 pub struct IssuedJwt {
     /// Its id.
     pub id: CredentialId,
@@ -448,37 +458,53 @@ impl Service {
                 );
         }
         self.load_policies().await?;
-        let v = self.store.verify_audit().await?;
-        if !v.ok {
-            tracing::error!(first_bad_seq = ?v.first_bad_seq, problem = ?v.problem, "audit chain does not verify");
-            metrics::gauge!(m::AUDIT_CHAIN_OK).set(0.0);
-        } else {
-            metrics::gauge!(m::AUDIT_CHAIN_OK).set(1.0);
-        }
-        let live = self.store.live_sessions().await?;
-        // Many at a time, so overdue sessions share commits (group commit) and readiness comes soon.
-        let outcomes: Vec<anyhow::Result<(bool, bool)>> = futures_util::stream::iter(live)
-            .map(|v| async move {
-                let _g = self.lock(&v.session.id).await;
-                let now = self.clock.now();
-                let (s, fx) = v.session.apply(Event::Tick { activity: None }, now)?;
-                let s = self.finish(&v.session, v.version, s, fx, now).await?;
-                if s.state == State::Active {
-                    self.rebuild_tokens(&s, now).await?;
+        // The whole chain is verified in the background: it is O(events), and a broken chain never
+        // stops the server (it is reported by log, metric, `/v1/audit/verify` and evidence), so
+        // readiness does not wait for it.
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            match store.verify_audit().await {
+                Ok(v) if v.ok => metrics::gauge!(m::AUDIT_CHAIN_OK).set(1.0),
+                Ok(v) => {
+                    tracing::error!(first_bad_seq = ?v.first_bad_seq, problem = ?v.problem, "audit chain does not verify");
+                    metrics::gauge!(m::AUDIT_CHAIN_OK).set(0.0);
                 }
-                Ok((
-                    s.state == State::Active,
-                    v.session.state == State::Active && s.state != State::Active,
-                ))
-            })
-            .buffer_unordered(RECOVERY_CONCURRENCY)
-            .collect()
-            .await;
+                Err(e) => tracing::error!(error = %e, "verifying the audit chain at start failed"),
+            }
+        });
+        // Page by page (bounded memory); within a page many at a time, so overdue sessions share
+        // commits (group commit) and readiness comes soon.
         let (mut ended, mut kept) = (0usize, 0usize);
-        for o in outcomes {
-            let (active, ended_now) = o?;
-            kept += usize::from(active);
-            ended += usize::from(ended_now);
+        let mut after: Option<SessionId> = None;
+        loop {
+            let page = self
+                .store
+                .live_sessions_after(after.as_ref(), RECOVERY_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.session.id.clone());
+            let outcomes: Vec<anyhow::Result<(bool, bool)>> = futures_util::stream::iter(page)
+                .map(|v| async move {
+                    let _g = self.lock(&v.session.id).await;
+                    let now = self.clock.now();
+                    let (s, fx) = v.session.apply(Event::Tick { activity: None }, now)?;
+                    let s = self.finish(&v.session, v.version, s, fx, now).await?;
+                    if s.state == State::Active {
+                        self.rebuild_tokens(&s, now).await?;
+                    }
+                    Ok((
+                        s.state == State::Active,
+                        v.session.state == State::Active && s.state != State::Active,
+                    ))
+                })
+                .buffer_unordered(RECOVERY_CONCURRENCY)
+                .collect()
+                .await;
+            for o in outcomes {
+                let (active, ended_now) = o?;
+                kept += usize::from(active);
+                ended += usize::from(ended_now);
+            }
         }
         // The outbox: every revocation not yet confirmed (also those of sessions ended just now).
         let outstanding = self.requeue_outstanding().await?;
@@ -1429,6 +1455,16 @@ impl Service {
 
     /// Requests a session.
     pub async fn request(self: &Arc<Self>, caller: &Caller, req: CreateSession) -> ApiResult<Session> {
+        Ok(self.request_with_credential(caller, req).await?.0)
+    }
+
+    /// Requests a session and, when `req.credential` asks for it and the session is active at once,
+    /// issues its JWT in the same commit.
+    pub async fn request_with_credential(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: CreateSession,
+    ) -> ApiResult<(Session, Option<IssuedJwt>)> {
         check_text("reason", &req.reason, true)?;
         let _gate = self.admin_gate.read().await;
         // The caller authenticated before the gate: it may have been offboarded meanwhile.
@@ -1459,6 +1495,18 @@ impl Service {
         if binding.kind != BindingKind::None && binding.reference.is_none() {
             return Err(ApiError::invalid(
                 "`binding.ref` is required for this binding kind",
+            ));
+        }
+        if req.credential && target.kind != TargetKind::Jwt {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "credential_unsupported",
+                "`credential: true` issues JWTs only; fetch other kinds with POST /v1/sessions/{id}/credentials",
+            ));
+        }
+        if req.credential && req.break_glass {
+            return Err(ApiError::invalid(
+                "`credential: true` cannot be combined with `break_glass`: each break-glass credential needs a step-up nonce",
             ));
         }
         if let Some(required) = target.require_binding
@@ -1505,8 +1553,18 @@ impl Service {
             ));
         }
         PrincipalId::parse(&caller.id).ok_or_else(ApiError::internal)?;
-        let (s, fx) = Session::request(new_session(approvals_required), now)?;
+        let (mut s, mut fx) = Session::request(new_session(approvals_required), now)?;
         let _g = self.lock(&s.id).await;
+        let audience = audience(&target);
+        let jti = CredentialId::from_u128(new_u128());
+        let mut signed = None;
+        if req.credential && s.state == State::Active {
+            let (event, jwt) = self.sign_jwt(&s, &audience, &jti, now)?;
+            let (next, more) = s.apply(event, now)?;
+            s = next;
+            fx.extend(more);
+            signed = Some(jwt);
+        }
         let audit = fx
             .into_iter()
             .filter_map(|e| match e {
@@ -1545,7 +1603,17 @@ impl Service {
             ..s.clone()
         };
         self.after_commit(&placeholder, &s, now);
-        Ok(s)
+        let issued = match signed {
+            Some(jwt) => {
+                let issued = self
+                    .index_jwt(&s, &jti, &audience, jwt)
+                    .ok_or_else(ApiError::internal)?;
+                metrics::counter!(m::CREDENTIALS_ISSUED, "kind" => "jwt").increment(1);
+                Some(issued)
+            }
+            None => None,
+        };
+        Ok((s, issued))
     }
 
     /// A session the caller may see.
@@ -1832,63 +1900,101 @@ impl Service {
     async fn issue_jwt(&self, sid: SessionId, target: &TargetDoc) -> ApiResult<IssuedJwt> {
         let audience = audience(target);
         let jti = CredentialId::from_u128(new_u128());
-        let issued: std::sync::Mutex<Option<(String, TokenHash, OffsetDateTime)>> =
-            std::sync::Mutex::new(None);
+        let signed: std::sync::Mutex<Option<SignedJwt>> = std::sync::Mutex::new(None);
         let (_, out) = self
             .mutate(
                 &sid,
                 |s, now| {
-                    let exp = s.credential_expiry(now)?;
-                    let claims = AccessClaims {
-                        iss: &self.issuer,
-                        sub: s.principal.as_str(),
-                        aud: &audience,
-                        exp: exp.unix_timestamp(),
-                        iat: now.unix_timestamp(),
-                        nbf: now.unix_timestamp(),
-                        jti: jti.as_str(),
-                        client_id: s.principal.as_str(),
-                        scope: &scope_for(&s.target),
-                        sid: s.id.as_str(),
+                    // A scheduled session whose start has come is active now, whether or not its
+                    // timer has fired yet (many sessions sharing one start wait their turn there).
+                    let mut events = Vec::with_capacity(2);
+                    let started;
+                    let s = if s.state == State::Scheduled {
+                        let tick = Event::Tick { activity: None };
+                        started = s.apply(tick.clone(), now)?.0;
+                        events.push(tick);
+                        &started
+                    } else {
+                        s
                     };
-                    let (token, kid) = self.keys.sign(&claims).map_err(|e| {
-                        tracing::error!(error = %e, "signing failed");
-                        ApiError::internal()
-                    })?;
-                    let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
-                    *issued.lock().unwrap_or_else(|e| e.into_inner()) = Some((token, hash, exp));
-                    Ok(vec![Event::Issue {
-                        credential: Credential {
-                            id: jti.clone(),
-                            kind: CredentialKind::Jwt,
-                            handle: hex::encode(hash),
-                            key_id: Some(kid),
-                            issued_at: now,
-                            expires_at: exp,
-                            revoked_at: None,
-                            revocation: Revocation::None,
-                            first_used_at: None,
-                            revocation_attempts: 0,
-                            revocation_error: None,
-                        },
-                    }])
+                    let (event, jwt) = self.sign_jwt(s, &audience, &jti, now)?;
+                    *signed.lock().unwrap_or_else(|e| e.into_inner()) = Some(jwt);
+                    events.push(event);
+                    Ok(events)
                 },
                 |s| {
-                    let (token, hash, exp) = issued.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-                    let cred = s.credentials.iter().find(|c| c.id == jti)?;
-                    let live = self.live.session(&s.id)?;
-                    self.live
-                        .insert_token(hash, self.token_entry(s, cred, &audience, live));
-                    Some(IssuedJwt {
-                        id: jti.clone(),
-                        token,
-                        expires_at: exp,
-                    })
+                    let jwt = signed.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+                    self.index_jwt(s, &jti, &audience, jwt)
                 },
             )
             .await?;
         metrics::counter!(m::CREDENTIALS_ISSUED, "kind" => "jwt").increment(1);
         out.ok_or_else(ApiError::internal)
+    }
+
+    /// Signs a JWT for the active session `s` and returns the `Issue` event that records it. The
+    /// token answers nothing until [`Self::index_jwt`] after the commit.
+    fn sign_jwt(
+        &self,
+        s: &Session,
+        audience: &str,
+        jti: &CredentialId,
+        now: OffsetDateTime,
+    ) -> ApiResult<(Event, SignedJwt)> {
+        let exp = s.credential_expiry(now)?;
+        let claims = AccessClaims {
+            iss: &self.issuer,
+            sub: s.principal.as_str(),
+            aud: audience,
+            exp: exp.unix_timestamp(),
+            iat: now.unix_timestamp(),
+            nbf: now.unix_timestamp(),
+            jti: jti.as_str(),
+            client_id: s.principal.as_str(),
+            scope: &scope_for(&s.target),
+            sid: s.id.as_str(),
+        };
+        let (token, kid) = self.keys.sign(&claims).map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            ApiError::internal()
+        })?;
+        let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
+        let event = Event::Issue {
+            credential: Credential {
+                id: jti.clone(),
+                kind: CredentialKind::Jwt,
+                handle: hex::encode(hash),
+                key_id: Some(kid),
+                issued_at: now,
+                expires_at: exp,
+                revoked_at: None,
+                revocation: Revocation::None,
+                first_used_at: None,
+                revocation_attempts: 0,
+                revocation_error: None,
+            },
+        };
+        Ok((event, SignedJwt { token, hash, exp }))
+    }
+
+    /// After the commit that recorded it: makes the token answer introspection. `None` when the
+    /// committed session no longer holds it live.
+    fn index_jwt(
+        &self,
+        s: &Session,
+        jti: &CredentialId,
+        audience: &str,
+        jwt: SignedJwt,
+    ) -> Option<IssuedJwt> {
+        let cred = s.credentials.iter().find(|c| c.id == *jti)?;
+        let live = self.live.session(&s.id)?;
+        self.live
+            .insert_token(jwt.hash, self.token_entry(s, cred, audience, live));
+        Some(IssuedJwt {
+            id: jti.clone(),
+            token: jwt.token,
+            expires_at: jwt.exp,
+        })
     }
 
     /// Issues a credential of an external kind (postgres role, ssh certificate) for an active session
@@ -2518,6 +2624,7 @@ impl Service {
                     idle_timeout_s: None,
                     max_uses: None,
                     break_glass: false,
+                    credential: false,
                 };
                 let s = self.request(&principal, req).await.map_err(|e| match e.code {
                     "binding_closed" => E::InvalidRequest("the run has already completed".into()),
@@ -3440,6 +3547,55 @@ impl Service {
         let activity = self.live.session(id).and_then(|l| l.last_activity());
         self.mutate(id, |_, _| Ok(vec![Event::Tick { activity }]), |_| ())
             .await?;
+        Ok(())
+    }
+
+    /// Judges many due sessions at once: one read for all, one commit for every one that changed
+    /// (a mass expiry costs a few large transactions, not one per session). A session that did
+    /// not change (its timer moved) only gets its timer set again.
+    pub async fn tick_many(&self, ids: &[SessionId]) -> ApiResult<()> {
+        let _guards = self.lock_many(ids).await;
+        let now = self.clock.now();
+        let mut batch = Batch::default();
+        let mut done: Vec<(Session, Session)> = Vec::new();
+        let mut usages = Vec::new();
+        let mut jobs = Vec::new();
+        for Versioned { session, version } in self.store.sessions_by_id(ids).await? {
+            let activity = self.live.session(&session.id).and_then(|l| l.last_activity());
+            let (s, fx, usage) = self.apply_all(&session, vec![Event::Tick { activity }], now)?;
+            let (s, audit, more) = self.carry_out(s, fx, now)?;
+            if s == session && audit.is_empty() {
+                self.live.sync(&s);
+                self.scheduler.set(&s.id, s.next_wake());
+                continue;
+            }
+            batch.audit.extend(audit);
+            jobs.extend(more);
+            batch.sessions.push(SessionWrite {
+                session: s.clone(),
+                expected_version: Some(version),
+            });
+            if let Some(u) = usage {
+                usages.push((s.id.clone(), u));
+            }
+            done.push((session, s));
+        }
+        if batch.sessions.is_empty() {
+            return Ok(());
+        }
+        let records = self.commit(batch).await?;
+        m::audit_written(records.len());
+        for (old, s) in &done {
+            self.after_commit(old, s, now);
+        }
+        for job in jobs {
+            self.revoker.enqueue(job);
+        }
+        for (id, u) in usages {
+            if let Some(l) = self.live.session(&id) {
+                l.usage_written(&u);
+            }
+        }
         Ok(())
     }
 

@@ -208,10 +208,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A session by id.
     async fn session(&self, id: &SessionId) -> StoreResult<Option<Versioned>>;
+    /// The sessions with these ids that exist, in no particular order (one read for many).
+    async fn sessions_by_id(&self, ids: &[SessionId]) -> StoreResult<Vec<Versioned>>;
     /// Sessions ordered by id.
     async fn sessions(&self, filter: &SessionFilter) -> StoreResult<Vec<Versioned>>;
     /// Every session the scheduler must watch: not final, or ended with revocations outstanding.
     async fn live_sessions(&self) -> StoreResult<Vec<Versioned>>;
+    /// One page of [`Store::live_sessions`]: up to `limit` of them with ids after `after`, by id (so a
+    /// start with a million live sessions never holds them all at once).
+    async fn live_sessions_after(&self, after: Option<&SessionId>, limit: u32)
+    -> StoreResult<Vec<Versioned>>;
     /// Documents of a kind, ordered by name.
     async fn documents(&self, kind: &str) -> StoreResult<Vec<DocumentRecord>>;
     /// True when `(kind, key)` was recorded and has not expired at `now`.

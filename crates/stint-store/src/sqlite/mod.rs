@@ -100,7 +100,7 @@ impl SqliteStore {
             path,
             head: std::sync::Mutex::new(seq),
         });
-        Self::connect(opts, 4, Some(anchor)).await
+        Self::connect(opts, READERS, Some(anchor)).await
     }
 
     /// Opens an in-memory database (tests).
@@ -117,12 +117,21 @@ impl SqliteStore {
     ) -> StoreResult<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(connections)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(backend)?;
         MIGRATOR.run(&pool).await.map_err(backend)?;
+        // A file database gets a connection of its own for the writer, so a group commit never
+        // queues behind readers for a pooled connection (under load that queue made issue latency
+        // collapse). `:memory:` has one connection only: every connection would be its own database.
+        let conn = if anchor.is_some() {
+            use sqlx::ConnectOptions as _;
+            WriteConn::Own(Box::new(opts.connect().await.map_err(backend)?))
+        } else {
+            WriteConn::Pool(pool.clone())
+        };
         let (writes, rx) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(writer(pool.clone(), anchor, rx));
+        tokio::spawn(writer(conn, anchor, rx));
         Ok(Self { pool, writes })
     }
 
@@ -422,23 +431,25 @@ async fn write_batch(
     for ev in &batch.audit {
         seq += 1;
         let rec = ev.seal(seq, &prev);
-        sqlx::query(
-            "INSERT INTO audit (seq, at, actor, action, session, details, prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(rec.seq)
-        .bind(&rec.at)
-        .bind(&rec.actor)
-        .bind(&rec.action)
-        .bind(&rec.session)
-        .bind(&rec.details)
-        .bind(&rec.prev_hash)
-        .bind(&rec.hash)
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
         prev = rec.hash.clone();
         sealed.push(rec);
+    }
+    // Many rows per statement: each statement is a round trip to SQLite's worker thread.
+    for chunk in sealed.chunks(AUDIT_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit (seq, at, actor, action, session, details, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut row, rec| {
+            row.push_bind(rec.seq)
+                .push_bind(&rec.at)
+                .push_bind(&rec.actor)
+                .push_bind(&rec.action)
+                .push_bind(&rec.session)
+                .push_bind(&rec.details)
+                .push_bind(&rec.prev_hash)
+                .push_bind(&rec.hash);
+        });
+        q.build().execute(&mut *conn).await.map_err(backend)?;
     }
     Ok(sealed)
 }
@@ -449,14 +460,31 @@ struct Pending {
     reply: tokio::sync::oneshot::Sender<StoreResult<Vec<AuditRecord>>>,
 }
 
+/// Audit rows per `INSERT` (8 binds each, far below SQLite's 32766).
+const AUDIT_ROWS_PER_INSERT: usize = 256;
+
+/// Ids per `IN (…)` read.
+const BINDS_PER_READ: usize = 500;
+
 /// Most batches one transaction carries.
 const MAX_GROUP: usize = 64;
+
+/// Pooled connections for reads (the writer has its own).
+const READERS: u32 = 4;
+
+/// Where the writer gets its connection.
+enum WriteConn {
+    /// Its own, held for the store's life.
+    Own(Box<sqlx::SqliteConnection>),
+    /// From the pool, per group (in-memory databases).
+    Pool(SqlitePool),
+}
 
 /// The single writer: takes every batch waiting, writes each under its own savepoint (so one
 /// batch's conflict rolls back only that batch) and commits the group with one fsync. A caller is
 /// answered only after the group's commit: an acknowledged change is durable.
 async fn writer(
-    pool: SqlitePool,
+    mut conn: WriteConn,
     anchor: Option<std::sync::Arc<Anchor>>,
     mut rx: tokio::sync::mpsc::Receiver<Pending>,
 ) {
@@ -468,7 +496,13 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let results = write_group(&pool, &group).await;
+        let results = match &mut conn {
+            WriteConn::Own(c) => write_group(c, &group).await,
+            WriteConn::Pool(pool) => match pool.acquire().await {
+                Ok(mut c) => write_group(&mut c, &group).await,
+                Err(e) => group.iter().map(|_| Err(backend(&e))).collect(),
+            },
+        };
         let last = results
             .iter()
             .filter_map(|r| r.as_ref().ok().and_then(|v| v.last()))
@@ -483,9 +517,12 @@ async fn writer(
     }
 }
 
-async fn write_group(pool: &SqlitePool, group: &[Pending]) -> Vec<StoreResult<Vec<AuditRecord>>> {
+async fn write_group(
+    conn: &mut sqlx::SqliteConnection,
+    group: &[Pending],
+) -> Vec<StoreResult<Vec<AuditRecord>>> {
     let fail_all = |e: &dyn std::fmt::Display| group.iter().map(|_| Err(backend(e))).collect();
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+    let mut tx = match sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => return fail_all(&e),
     };
@@ -615,6 +652,23 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn sessions_by_id(&self, ids: &[SessionId]) -> StoreResult<Vec<Versioned>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BINDS_PER_READ) {
+            let mut q =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT doc, version FROM sessions WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&self.pool).await.map_err(backend)? {
+                out.push(session_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn sessions(&self, f: &SessionFilter) -> StoreResult<Vec<Versioned>> {
         sqlx::query(
             "SELECT doc, version FROM sessions WHERE id > ?1 \
@@ -705,6 +759,26 @@ impl Store for SqliteStore {
             "SELECT doc, version FROM sessions \
              WHERE state IN ('requested', 'scheduled', 'active') OR needs_revocation = 1",
         )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(session_row)
+        .collect()
+    }
+
+    async fn live_sessions_after(
+        &self,
+        after: Option<&SessionId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Versioned>> {
+        sqlx::query(
+            "SELECT doc, version FROM sessions \
+             WHERE id > ?1 AND (state IN ('requested', 'scheduled', 'active') OR needs_revocation = 1) \
+             ORDER BY id LIMIT ?2",
+        )
+        .bind(after.map_or("", |a| a.as_str()))
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?
