@@ -45,15 +45,15 @@ else
   INTROSPECT_POOL=${BENCH_INTROSPECT_POOL:-1000}
   END_POOL=${BENCH_END_POOL:-5000}
   PG_ROLES=${BENCH_PG_ROLES:-1000}
-  EXPIRY=${BENCH_EXPIRY_SESSIONS:-5000}
-  BAO_EXPIRY=${BENCH_BAO_EXPIRY_SESSIONS:-5000}
+  EXPIRY=${BENCH_EXPIRY_SESSIONS:-100000}
+  BAO_EXPIRY=${BENCH_BAO_EXPIRY_SESSIONS:-20000}
   EXPIRY_SAMPLES=${BENCH_EXPIRY_SAMPLES:-200}
-  # 1,000,000 stint sessions do not fit in 15 minutes at today's creation rates (≈ 1.4k/s on 2 cores:
-  # 12 min for that phase alone), nor do as many OpenBao tokens (raft: 250–800/s). Creating stops after
-  # BENCH_SCALE_TIMEOUT seconds either way; the table says how many were made.
-  SCALE=${BENCH_SCALE_SESSIONS:-100000}
+  # 1,000,000 stint sessions do not fit in 15 minutes at today's creation rates (≈ 2–3k/s on 2 cores),
+  # nor do as many OpenBao tokens (raft: 250–800/s). Creating stops after BENCH_SCALE_TIMEOUT seconds
+  # either way; the table says how many were made.
+  SCALE=${BENCH_SCALE_SESSIONS:-1000000}
   BAO_SCALE=${BENCH_BAO_SCALE_SESSIONS:-20000}
-  SCALE_TIMEOUT=${BENCH_SCALE_TIMEOUT:-150}
+  SCALE_TIMEOUT=${BENCH_SCALE_TIMEOUT:-90}
 fi
 CONC=${BENCH_CONCURRENCY:-16,64}
 PG_CONC=${BENCH_PG_CONCURRENCY:-16}

@@ -71,7 +71,7 @@ pub struct Plan {
 }
 
 /// How much slower than the probe the bulk phases may be and still fit.
-const SAFETY: f64 = 2.0;
+const SAFETY: f64 = 1.3;
 /// Seconds added to every planned phase (connections, a slow start, the clock's second boundaries).
 const SLACK_S: f64 = 10.0;
 /// The longest `ttl_s` a plan asks for: the `max_ttl_s` of the target [`Adapter::stint`] creates.
@@ -1318,11 +1318,11 @@ mod tests {
     fn stint_plan_leaves_time_to_create_activate_and_issue() {
         let now = 1_000_000.25;
         let p = plan_stint(now, 100_000, 2000.0, 1000.0).unwrap();
-        // 50 s of creating, × 2, + 5 s: not_before at now + 105 s, rounded up to a whole second.
-        assert_eq!(p.not_before_unix, Some(1_000_106));
-        // (50 s activation + 100 s issuing) × 2 + 10 s.
-        assert_eq!(p.ttl_s, Some(310));
-        assert_eq!(p.deadline_unix, 1_000_106 + 310);
+        // 50 s of creating, × 1.3, + 5 s: not_before at now + 70 s, rounded up to a whole second.
+        assert_eq!(p.not_before_unix, Some(1_000_071));
+        // (50 s activation + 100 s issuing) × 1.3 + 10 s.
+        assert_eq!(p.ttl_s, Some(205));
+        assert_eq!(p.deadline_unix, 1_000_071 + 205);
         let tiny = plan_stint(now, 10, 2000.0, 1000.0).unwrap();
         assert_eq!(tiny.ttl_s, Some(11), "at least {SLACK_S} s, rounded up");
         assert!(tiny.not_before_unix.unwrap() as f64 >= now + SLACK_S / 2.0);

@@ -144,34 +144,45 @@ async fn scheduler_loop(svc: Arc<Service>) {
     loop {
         let due = svc.scheduler.next_due(&*svc.clock).await;
         // Due sessions are judged in chunks, each read at once and committed as one transaction, so
-        // a mass expiry costs a few large writes. A chunk that fails (a conflicting change raced it)
-        // is judged again one session at a time.
+        // a mass expiry costs a few large writes. Lanes with disjoint session locks run side by
+        // side (one prepares while another commits). A chunk that fails (a conflicting change raced
+        // it) is judged again one session at a time.
         let ids: Vec<SessionId> = due.into_iter().map(|(id, _)| id).collect();
-        for chunk in ids.chunks(TICK_CHUNK) {
-            if let Err(e) = svc.tick_many(chunk).await {
-                tracing::debug!(
-                    code = e.code,
-                    sessions = chunk.len(),
-                    "chunk of timers failed; one at a time"
-                );
-                futures_util::stream::iter(chunk)
-                    .for_each_concurrent(service::RECOVERY_CONCURRENCY, |id| {
-                        let svc = svc.clone();
-                        async move {
-                            if let Err(e) = svc.tick(id).await
-                                && e.status.is_server_error()
-                            {
-                                tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
-                                svc.scheduler
-                                    .set(id, Some(svc.clock.now() + time::Duration::seconds(1)));
-                            }
-                        }
-                    })
-                    .await;
+        let (count, started) = (ids.len(), std::time::Instant::now());
+        let lanes = svc.lock_lanes(ids, TICK_LANES);
+        futures_util::future::join_all(lanes.into_iter().map(|lane| {
+            let svc = svc.clone();
+            async move {
+                for chunk in lane.chunks(TICK_CHUNK) {
+                    tick_chunk(&svc, chunk).await;
+                }
             }
-        }
+        }))
+        .await;
+        tracing::debug!(sessions = count, elapsed_ms = started.elapsed().as_millis(), "due timers judged");
     }
 }
+
+async fn tick_chunk(svc: &Arc<Service>, chunk: &[SessionId]) {
+    let Err(e) = svc.tick_many(chunk).await else {
+        return;
+    };
+    tracing::debug!(code = e.code, sessions = chunk.len(), "chunk of timers failed; one at a time");
+    futures_util::stream::iter(chunk)
+        .for_each_concurrent(service::RECOVERY_CONCURRENCY, |id| async move {
+            if let Err(e) = svc.tick(id).await
+                && e.status.is_server_error()
+            {
+                tracing::warn!(session = %id, code = e.code, "timer failed; retrying in 1 s");
+                svc.scheduler
+                    .set(id, Some(svc.clock.now() + time::Duration::seconds(1)));
+            }
+        })
+        .await;
+}
+
+/// Lanes of due sessions judged side by side.
+const TICK_LANES: usize = 4;
 
 /// Due sessions judged per transaction.
 const TICK_CHUNK: usize = 512;

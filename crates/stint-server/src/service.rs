@@ -379,6 +379,19 @@ impl Service {
         usize::from(h[0]) % STRIPES
     }
 
+    /// Splits `ids` into `lanes` groups whose session locks never overlap, so the groups can be
+    /// worked on at the same time without waiting for each other.
+    pub fn lock_lanes(&self, ids: Vec<SessionId>, lanes: usize) -> Vec<Vec<SessionId>> {
+        let lanes = lanes.max(1);
+        let mut out: Vec<Vec<SessionId>> = (0..lanes).map(|_| Vec::new()).collect();
+        for id in ids {
+            let lane = self.stripe(&id) % lanes;
+            out[lane].push(id);
+        }
+        out.retain(|l| !l.is_empty());
+        out
+    }
+
     async fn lock(&self, id: &SessionId) -> MutexGuard<'_, ()> {
         self.stripes[self.stripe(id)].lock().await
     }

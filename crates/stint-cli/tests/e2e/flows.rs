@@ -1070,3 +1070,117 @@ async fn a_token_dies_at_its_own_expiry_while_the_session_goes_on() {
     let fresh = w.token(&id).await;
     assert_eq!(w.rs.introspect(&fresh).await["active"], true);
 }
+
+#[tokio::test]
+async fn one_request_returns_the_session_with_its_jwt_committed_together() {
+    let w = World::new(0).await;
+    let s = w.request(json!({"credential": true})).await;
+    assert_eq!(s["state"], "active", "{s}");
+    let c = &s["credential"];
+    let token = c["access_token"].as_str().expect("a token in the answer");
+    assert_eq!((c["kind"].clone(), c["token_type"].clone()), (json!("jwt"), json!("Bearer")));
+    assert_eq!(s["credentials"][0]["id"], c["id"], "the credential is on the session: {s}");
+    assert_eq!(w.rs.introspect(token).await["active"], true);
+    let id = sid(&s);
+    // Shown once: reading the session back never carries the token.
+    let back = w.ci.session(&id).await;
+    assert!(back.get("credential").is_none(), "{back}");
+    assert_eq!(back["credentials"].as_array().map(Vec::len), Some(1));
+    let (st, ev) = w.ci.get(&format!("/v1/sessions/{id}/evidence")).await;
+    assert_eq!(st, StatusCode::OK, "{ev}");
+    let actions: Vec<&str> = ev["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"credential.issued"), "{actions:?}");
+    assert!(!ev.to_string().contains(token), "no token in the evidence");
+    // Ending it kills the token like any other.
+    let (st, _) = w.ci.post(&format!("/v1/sessions/{id}/end"), json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(w.rs.introspect(token).await, json!({"active": false}));
+}
+
+#[tokio::test]
+async fn a_session_waiting_for_approval_is_answered_without_a_credential() {
+    let w = World::new(1).await;
+    let s = w.request(json!({"credential": true})).await;
+    assert_eq!(s["state"], "requested", "{s}");
+    assert!(s.get("credential").is_none(), "{s}");
+    assert_eq!(s["credentials"], json!([]));
+}
+
+#[tokio::test]
+async fn credential_true_is_refused_for_other_kinds_and_break_glass_and_creates_nothing() {
+    let w = World::new(0).await;
+    let (st, t) = w
+        .admin
+        .post(
+            "/v1/targets",
+            json!({"name": "box", "kind": "ssh", "max_ttl_s": 600, "requester_groups": ["deployers"],
+                   "config": {"principals": ["root"]}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    let before = w.admin.get("/v1/sessions").await.1["items"].as_array().map(Vec::len);
+    for (body, code) in [
+        (
+            json!({"target": "box", "reason": "r", "ttl_s": 60, "credential": true}),
+            "credential_unsupported",
+        ),
+        (
+            json!({"target": "api", "reason": "r", "ttl_s": 60, "credential": true, "break_glass": true}),
+            "invalid_request",
+        ),
+    ] {
+        let (st, v) = w.ci.post("/v1/sessions", body).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["code"], code, "{v}");
+    }
+    let (st, v) = w
+        .ci
+        .post(
+            "/v1/sessions",
+            json!({"target": "api", "reason": "r", "ttl_s": 60, "credential": "yes"}),
+        )
+        .await;
+    assert!(st.is_client_error(), "{v}");
+    let after = w.admin.get("/v1/sessions").await.1["items"].as_array().map(Vec::len);
+    assert_eq!(before, after, "nothing was created");
+}
+
+/// More sessions than one timer chunk (512) share one start and one deadline: all start, all end
+/// with reason `deadline`, each recorded once.
+#[tokio::test]
+async fn hundreds_of_sessions_sharing_one_start_and_deadline_all_start_and_all_end() {
+    const N: usize = 700;
+    let w = World::new(0).await;
+    let nb = rfc3339_in(12);
+    let bodies = (0..N).map(|_| json!({"target": "api", "reason": "mass", "ttl_s": 2, "not_before": nb}));
+    let answers = futures_util::future::join_all(bodies.map(|b| w.ci.post("/v1/sessions", b))).await;
+    for (st, v) in &answers {
+        assert_eq!(*st, StatusCode::CREATED, "{v}");
+        assert_eq!(v["state"], "scheduled", "{v}");
+    }
+    let count = |state: &'static str| {
+        let admin = &w.admin;
+        async move {
+            let (st, v) = admin
+                .get(&format!("/v1/sessions?state={state}&limit=1000"))
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            v["items"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let ended = eventually(Duration::from_secs(30), || async { count("ended").await == N }).await;
+    assert!(ended, "{} of {N} ended", count("ended").await);
+    let (_, v) = w.admin.get("/v1/sessions?state=ended&limit=1000").await;
+    for s in v["items"].as_array().expect("items") {
+        assert_eq!(s["end_reason"], "deadline", "{s}");
+        assert!(s["activated_at"].is_string(), "it was active first: {s}");
+    }
+    let audit = w.admin.audit_all().await;
+    let ends = audit.iter().filter(|e| e["action"] == "session.ended").count();
+    assert_eq!(ends, N, "one end event per session");
+}

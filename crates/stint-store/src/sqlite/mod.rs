@@ -319,6 +319,52 @@ async fn write_session(tx: &mut sqlx::SqliteConnection, w: &SessionWrite) -> Sto
     write_revocations(tx, s).await
 }
 
+/// Writes sessions: new ones one by one, changed ones many per statement (an `UPDATE … FROM
+/// (VALUES …)` that only touches rows still at their expected version; fewer rows changed than
+/// given is a conflict and fails the batch).
+async fn write_sessions(tx: &mut sqlx::SqliteConnection, writes: &[SessionWrite]) -> StoreResult<()> {
+    let (updates, inserts): (Vec<&SessionWrite>, Vec<&SessionWrite>) =
+        writes.iter().partition(|w| w.expected_version.is_some());
+    for w in inserts {
+        write_session(tx, w).await?;
+    }
+    if let [one] = updates.as_slice() {
+        return write_session(tx, one).await;
+    }
+    for chunk in updates.chunks(SESSIONS_PER_UPDATE) {
+        let docs = chunk
+            .iter()
+            .map(|w| json(&w.session))
+            .collect::<StoreResult<Vec<String>>>()?;
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE sessions SET principal = v.column2, target = v.column3, state = v.column4, \
+             needs_revocation = v.column5, version = sessions.version + 1, doc = v.column6, \
+             binding_kind = v.column8, binding_ref = v.column9 FROM (",
+        );
+        q.push_values(chunk.iter().zip(&docs), |mut row, (w, doc)| {
+            let s = &w.session;
+            row.push_bind(s.id.as_str())
+                .push_bind(s.principal.as_str())
+                .push_bind(s.target.as_str())
+                .push_bind(s.state.as_str())
+                .push_bind(needs_revocation(s))
+                .push_bind(doc.as_str())
+                .push_bind(w.expected_version.unwrap_or(0))
+                .push_bind(binding_kind(s))
+                .push_bind(s.binding.reference.as_deref());
+        });
+        q.push(") AS v WHERE sessions.id = v.column1 AND sessions.version = v.column7");
+        let r = q.build().execute(&mut *tx).await.map_err(db_err)?;
+        if r.rows_affected() != chunk.len() as u64 {
+            return Err(StoreError::Conflict);
+        }
+        for w in chunk {
+            write_revocations(tx, &w.session).await?;
+        }
+    }
+    Ok(())
+}
+
 fn binding_kind(s: &Session) -> Option<String> {
     match serde_json::to_value(s.binding.kind) {
         Ok(serde_json::Value::String(k)) => Some(k),
@@ -423,9 +469,7 @@ async fn write_batch(
     for r in &batch.seen {
         write_seen(conn, r).await?;
     }
-    for s in &batch.sessions {
-        write_session(conn, s).await?;
-    }
+    write_sessions(conn, &batch.sessions).await?;
     let (mut seq, mut prev) = head.clone();
     let mut sealed = Vec::with_capacity(batch.audit.len());
     for ev in &batch.audit {
@@ -462,6 +506,9 @@ struct Pending {
 
 /// Audit rows per `INSERT` (8 binds each, far below SQLite's 32766).
 const AUDIT_ROWS_PER_INSERT: usize = 256;
+
+/// Sessions per multi-row `UPDATE` (9 binds each).
+const SESSIONS_PER_UPDATE: usize = 256;
 
 /// Ids per `IN (…)` read.
 const BINDS_PER_READ: usize = 500;

@@ -452,3 +452,86 @@ async fn documents_and_sessions_by_binding() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].session.id, SessionId::from_u128(11));
 }
+
+/// Writes `n` new sessions (ids 1..=n) in one batch.
+async fn insert_sessions(st: &SqliteStore, n: u128) -> Vec<Session> {
+    let all: Vec<Session> = (1..=n).map(session).collect();
+    st.commit(Batch {
+        sessions: all
+            .iter()
+            .map(|s| SessionWrite {
+                session: s.clone(),
+                expected_version: None,
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    all
+}
+
+#[tokio::test]
+async fn many_sessions_are_read_at_once_and_live_ones_page_by_id() {
+    let (_d, st) = store().await;
+    let all = insert_sessions(&st, 1200).await;
+    let mut ids: Vec<SessionId> = all.iter().map(|s| s.id.clone()).collect();
+    ids.push(SessionId::from_u128(999_999));
+    let mut found: Vec<String> = st
+        .sessions_by_id(&ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.session.id.to_string())
+        .collect();
+    found.sort();
+    let mut want: Vec<String> = all.iter().map(|s| s.id.to_string()).collect();
+    want.sort();
+    // More ids than one `IN (…)` takes; the unknown one is simply absent.
+    assert_eq!(found, want);
+
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = st.live_sessions_after(after.as_ref(), 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 500);
+        after = Some(last.session.id.clone());
+        paged.extend(page.into_iter().map(|v| v.session.id.to_string()));
+    }
+    assert_eq!(paged, want, "every live session once, in id order");
+}
+
+#[tokio::test]
+async fn a_multi_row_update_with_one_stale_version_writes_nothing() {
+    let (_d, st) = store().await;
+    let all = insert_sessions(&st, 300).await;
+    let writes = |stale: Option<usize>| Batch {
+        sessions: all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SessionWrite {
+                session: Session {
+                    reason: format!("changed {i}"),
+                    ..s.clone()
+                },
+                expected_version: Some(if Some(i) == stale { 7 } else { 1 }),
+            })
+            .collect(),
+        audit: vec![event("session.changed")],
+        ..Default::default()
+    };
+    // One stale row among 300 (in the second statement's chunk): the whole batch fails.
+    assert!(matches!(st.commit(writes(Some(280))).await, Err(StoreError::Conflict)));
+    for s in &all {
+        let v = st.session(&s.id).await.unwrap().unwrap();
+        assert_eq!((v.version, v.session.reason.as_str()), (1, "test"));
+    }
+    assert!(st.audit(0, 10).await.unwrap().is_empty());
+    st.commit(writes(None)).await.unwrap();
+    for (i, s) in all.iter().enumerate() {
+        let v = st.session(&s.id).await.unwrap().unwrap();
+        assert_eq!(v.version, 2);
+        assert_eq!(v.session.reason, format!("changed {i}"));
+    }
+}
