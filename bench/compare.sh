@@ -107,7 +107,8 @@ step() {
 elapsed() { echo $(( $(date -u +%s) - started_at )); }
 rss_mib() { local r; r=$(ps -o rss= -p "$1" 2>/dev/null || true); echo $(( ${r:-0} / 1024 )); }
 
-# Every scenario against one running system. $1 label, $2 stint|bao, $3 URL, $4 server pid.
+# Every scenario against one running system. $1 label, $2 stint|bao, $3 URL, $4 server pid,
+# $5 `noscale` to leave the scale phase to the caller.
 run_system() {
   local label=$1 kind=$2 url=$3 pid=$4 target
   if [ "$kind" = stint ]; then target=(--stint-url "$url" --stint-pid "$pid"); else target=(--bao-url "$url" --bao-pid "$pid"); fi
@@ -120,30 +121,41 @@ run_system() {
   step "$label mass-expiry" "$BENCH" "${target[@]}" --label "$label" -s mass-expiry \
     --expiry-sessions "$EXPIRY" --bao-expiry-sessions "$BAO_EXPIRY" --expiry-samples "$EXPIRY_SAMPLES" \
     --expiry-timeout 120 --bulk-concurrency "$BULK_CONC" --json "$results/$label-3-mass-expiry.json"
-  step "$label scale" "$BENCH" "${target[@]}" --label "$label" -s scale \
+  [ "${5:-}" = noscale ] || scale_step "$label" "${target[@]}"
+  echo "$label RSS at the end: $(rss_mib "$pid") MiB; $(elapsed) s so far" >&2
+}
+
+# scale_step LABEL TARGET-ARGS...
+scale_step() {
+  local label=$1; shift
+  step "$label scale" "$BENCH" "$@" --label "$label" -s scale \
     --scale-sessions "$SCALE" --bao-scale-sessions "$BAO_SCALE" --bulk-concurrency "$BULK_CONC" \
     --scale-timeout "$SCALE_TIMEOUT" --json "$results/$label-4-scale.json"
-  echo "$label RSS at the end: $(rss_mib "$pid") MiB; $(elapsed) s so far" >&2
 }
 
 # ---- stint ------------------------------------------------------------------------------------------
 key=$("$STINT" keygen)
 export STINT_BENCH_ADMIN_KEY=$key
-start_stint() { # $1: listen address
-  STINT_LOG=warn STINT_BOOTSTRAP_ADMIN_KEY=$key "$STINT" server --listen "$1" --data-dir "$work/stint" \
+start_stint() { # $1: listen address, $2: data dir
+  STINT_LOG=warn STINT_BOOTSTRAP_ADMIN_KEY=$key "$STINT" server --listen "$1" --data-dir "$2" \
     >> "$work/stint.out" 2>> "$work/stint.err" &
   stint_pid=$!
 }
-start_stint 127.0.0.1:0
+start_stint 127.0.0.1:0 "$work/stint"
 for _ in $(seq 100); do grep -q listening "$work/stint.out" 2>/dev/null && break; sleep 0.1; done
 stint_url=$(grep -o 'http://[0-9.:]*' "$work/stint.out" | head -1)
 [ -n "$stint_url" ] || { echo "stint did not start:" >&2; cat "$work/stint.err" >&2; exit 1; }
 "$BENCH" ready --url "$stint_url" --system stint --timeout 30 > /dev/null
 echo "## stint at $stint_url" >&2
-run_system stint stint "$stint_url" "$stint_pid"
-# Restart with the scale sessions in the store: time from the new process until /readyz answers 200.
+run_system stint stint "$stint_url" "$stint_pid" noscale
+# scale on a fresh server (a heap that a mass expiry just freed would hide the memory per session), then
+# a restart with those sessions in the store: time from the new process until /readyz answers 200.
 stop "$stint_pid"; stint_pid=
-start_stint "${stint_url#http://}"
+start_stint "${stint_url#http://}" "$work/stint-scale"
+"$BENCH" ready --url "$stint_url" --system stint --timeout 30 > /dev/null
+scale_step stint --stint-url "$stint_url" --stint-pid "$stint_pid"
+stop "$stint_pid"; stint_pid=
+start_stint "${stint_url#http://}" "$work/stint-scale"
 step "stint restart" "$BENCH" ready --url "$stint_url" --system stint --timeout 300 --interval-ms 10 \
   --json "$results/stint-5-restart.json"
 echo "stint RSS after the restart: $(rss_mib "$stint_pid") MiB" >&2

@@ -1335,7 +1335,7 @@ mod tests {
     #[test]
     fn bao_plan_leaves_time_to_create() {
         let p = plan_bao(500.5, 20_000, 1000.0).unwrap();
-        assert_eq!(p.deadline_unix, 551, "500.5 + 20 s × 2 + 10 s, rounded up");
+        assert_eq!(p.deadline_unix, 537, "500.5 + 20 s × 1.3 + 10 s, rounded up");
         assert_eq!((p.not_before_unix, p.ttl_s, p.issue_per_s), (None, None, None));
         assert!(plan_bao(0.0, 1, -3.0).is_err());
     }

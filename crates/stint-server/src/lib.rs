@@ -159,7 +159,11 @@ async fn scheduler_loop(svc: Arc<Service>) {
             }
         }))
         .await;
-        tracing::debug!(sessions = count, elapsed_ms = started.elapsed().as_millis(), "due timers judged");
+        tracing::debug!(
+            sessions = count,
+            elapsed_ms = started.elapsed().as_millis(),
+            "due timers judged"
+        );
     }
 }
 
@@ -167,7 +171,11 @@ async fn tick_chunk(svc: &Arc<Service>, chunk: &[SessionId]) {
     let Err(e) = svc.tick_many(chunk).await else {
         return;
     };
-    tracing::debug!(code = e.code, sessions = chunk.len(), "chunk of timers failed; one at a time");
+    tracing::debug!(
+        code = e.code,
+        sessions = chunk.len(),
+        "chunk of timers failed; one at a time"
+    );
     futures_util::stream::iter(chunk)
         .for_each_concurrent(service::RECOVERY_CONCURRENCY, |id| async move {
             if let Err(e) = svc.tick(id).await

@@ -1078,8 +1078,14 @@ async fn one_request_returns_the_session_with_its_jwt_committed_together() {
     assert_eq!(s["state"], "active", "{s}");
     let c = &s["credential"];
     let token = c["access_token"].as_str().expect("a token in the answer");
-    assert_eq!((c["kind"].clone(), c["token_type"].clone()), (json!("jwt"), json!("Bearer")));
-    assert_eq!(s["credentials"][0]["id"], c["id"], "the credential is on the session: {s}");
+    assert_eq!(
+        (c["kind"].clone(), c["token_type"].clone()),
+        (json!("jwt"), json!("Bearer"))
+    );
+    assert_eq!(
+        s["credentials"][0]["id"], c["id"],
+        "the credential is on the session: {s}"
+    );
     assert_eq!(w.rs.introspect(token).await["active"], true);
     let id = sid(&s);
     // Shown once: reading the session back never carries the token.
@@ -1123,7 +1129,9 @@ async fn credential_true_is_refused_for_other_kinds_and_break_glass_and_creates_
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{t}");
-    let before = w.admin.get("/v1/sessions").await.1["items"].as_array().map(Vec::len);
+    let before = w.admin.get("/v1/sessions").await.1["items"]
+        .as_array()
+        .map(Vec::len);
     for (body, code) in [
         (
             json!({"target": "box", "reason": "r", "ttl_s": 60, "credential": true}),
@@ -1138,15 +1146,16 @@ async fn credential_true_is_refused_for_other_kinds_and_break_glass_and_creates_
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
         assert_eq!(v["code"], code, "{v}");
     }
-    let (st, v) = w
-        .ci
-        .post(
+    let (st, v) =
+        w.ci.post(
             "/v1/sessions",
             json!({"target": "api", "reason": "r", "ttl_s": 60, "credential": "yes"}),
         )
         .await;
     assert!(st.is_client_error(), "{v}");
-    let after = w.admin.get("/v1/sessions").await.1["items"].as_array().map(Vec::len);
+    let after = w.admin.get("/v1/sessions").await.1["items"]
+        .as_array()
+        .map(Vec::len);
     assert_eq!(before, after, "nothing was created");
 }
 
@@ -1166,9 +1175,7 @@ async fn hundreds_of_sessions_sharing_one_start_and_deadline_all_start_and_all_e
     let count = |state: &'static str| {
         let admin = &w.admin;
         async move {
-            let (st, v) = admin
-                .get(&format!("/v1/sessions?state={state}&limit=1000"))
-                .await;
+            let (st, v) = admin.get(&format!("/v1/sessions?state={state}&limit=1000")).await;
             assert_eq!(st, StatusCode::OK, "{v}");
             v["items"].as_array().map_or(0, Vec::len)
         }

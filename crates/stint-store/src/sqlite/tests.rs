@@ -522,7 +522,10 @@ async fn a_multi_row_update_with_one_stale_version_writes_nothing() {
         ..Default::default()
     };
     // One stale row among 300 (in the second statement's chunk): the whole batch fails.
-    assert!(matches!(st.commit(writes(Some(280))).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        st.commit(writes(Some(280))).await,
+        Err(StoreError::Conflict)
+    ));
     for s in &all {
         let v = st.session(&s.id).await.unwrap().unwrap();
         assert_eq!((v.version, v.session.reason.as_str()), (1, "test"));
