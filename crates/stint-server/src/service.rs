@@ -157,6 +157,39 @@ struct SignedJwt {
     exp: OffsetDateTime,
 }
 
+/// Many sessions' transitions gathered for one commit.
+#[derive(Default)]
+struct Changes {
+    batch: Batch,
+    /// (as loaded, as committed)
+    done: Vec<(Session, Session)>,
+    usages: Vec<(SessionId, crate::live::Usage)>,
+    jobs: Vec<Job>,
+}
+
+impl Changes {
+    fn add(
+        &mut self,
+        old: Session,
+        version: i64,
+        s: Session,
+        audit: Vec<PendingAudit>,
+        jobs: Vec<Job>,
+        usage: Option<crate::live::Usage>,
+    ) {
+        self.batch.audit.extend(audit);
+        self.jobs.extend(jobs);
+        self.batch.sessions.push(SessionWrite {
+            session: s.clone(),
+            expected_version: Some(version),
+        });
+        if let Some(u) = usage {
+            self.usages.push((s.id.clone(), u));
+        }
+        self.done.push((old, s));
+    }
+}
+
 /// What a credential request returns: a JWT issued and committed.
 pub struct IssuedJwt {
     /// Its id.
@@ -983,12 +1016,14 @@ impl Service {
     }
 
     /// Applies `event` to every listed open session and commits `extra` with them, atomically.
-    async fn apply_to_all(&self, ids: Vec<SessionId>, event: Event, mut extra: Batch) -> ApiResult<()> {
+    async fn apply_to_all(&self, ids: Vec<SessionId>, event: Event, extra: Batch) -> ApiResult<()> {
         let _guards = self.lock_many(&ids).await;
         let now = self.clock.now();
-        let mut done: Vec<(Session, Session)> = Vec::new();
-        let mut usages = Vec::new();
-        let mut jobs = Vec::new();
+        // `extra` first: its events (a hook's arrival, say) precede the sessions' own.
+        let mut changes = Changes {
+            batch: extra,
+            ..Changes::default()
+        };
         for id in &ids {
             let Some(Versioned { session, version }) = self.store.session(id).await? else {
                 continue;
@@ -1006,26 +1041,22 @@ impl Service {
                 Err(e) => return Err(e),
             };
             let (s, audit, more) = self.carry_out(s, fx, now)?;
-            extra.audit.extend(audit);
-            jobs.extend(more);
-            extra.sessions.push(SessionWrite {
-                session: s.clone(),
-                expected_version: Some(version),
-            });
-            if let Some(u) = usage {
-                usages.push((s.id.clone(), u));
-            }
-            done.push((session, s));
+            changes.add(session, version, s, audit, more, usage);
         }
-        let records = self.commit(extra).await?;
+        self.commit_all(changes, now).await
+    }
+
+    /// Commits many sessions' transitions at once, then carries out what follows each commit.
+    async fn commit_all(&self, c: Changes, now: OffsetDateTime) -> ApiResult<()> {
+        let records = self.commit(c.batch).await?;
         m::audit_written(records.len());
-        for (old, s) in &done {
+        for (old, s) in &c.done {
             self.after_commit(old, s, now);
         }
-        for job in jobs {
+        for job in c.jobs {
             self.revoker.enqueue(job);
         }
-        for (id, u) in usages {
+        for (id, u) in c.usages {
             if let Some(l) = self.live.session(&id) {
                 l.usage_written(&u);
             }
@@ -3569,10 +3600,7 @@ impl Service {
     pub async fn tick_many(&self, ids: &[SessionId]) -> ApiResult<()> {
         let _guards = self.lock_many(ids).await;
         let now = self.clock.now();
-        let mut batch = Batch::default();
-        let mut done: Vec<(Session, Session)> = Vec::new();
-        let mut usages = Vec::new();
-        let mut jobs = Vec::new();
+        let mut changes = Changes::default();
         for Versioned { session, version } in self.store.sessions_by_id(ids).await? {
             let activity = self.live.session(&session.id).and_then(|l| l.last_activity());
             let (s, fx, usage) = self.apply_all(&session, vec![Event::Tick { activity }], now)?;
@@ -3582,34 +3610,12 @@ impl Service {
                 self.scheduler.set(&s.id, s.next_wake());
                 continue;
             }
-            batch.audit.extend(audit);
-            jobs.extend(more);
-            batch.sessions.push(SessionWrite {
-                session: s.clone(),
-                expected_version: Some(version),
-            });
-            if let Some(u) = usage {
-                usages.push((s.id.clone(), u));
-            }
-            done.push((session, s));
+            changes.add(session, version, s, audit, more, usage);
         }
-        if batch.sessions.is_empty() {
+        if changes.done.is_empty() {
             return Ok(());
         }
-        let records = self.commit(batch).await?;
-        m::audit_written(records.len());
-        for (old, s) in &done {
-            self.after_commit(old, s, now);
-        }
-        for job in jobs {
-            self.revoker.enqueue(job);
-        }
-        for (id, u) in usages {
-            if let Some(l) = self.live.session(&id) {
-                l.usage_written(&u);
-            }
-        }
-        Ok(())
+        self.commit_all(changes, now).await
     }
 
     /// Writes aggregated uses of every live session (one `credential.used` event each).
