@@ -804,16 +804,6 @@ impl Metrics {
 // ----- OpenBao -----------------------------------------------------------------------------------------
 
 #[derive(Deserialize)]
-struct BaoAuth {
-    auth: BaoClientToken,
-}
-
-#[derive(Deserialize)]
-struct BaoClientToken {
-    client_token: String,
-}
-
-#[derive(Deserialize)]
 struct BaoLookup {
     data: BaoLookupData,
 }
@@ -847,7 +837,7 @@ async fn bao_leases(conn: &mut Conn, token: &str) -> Result<u64, OpError> {
 
 async fn bao_create(conn: &mut Conn, token: &str, ttl: &str) -> Result<String, OpError> {
     let body = json!({"ttl": ttl, "policies": ["default"]});
-    let answer: BaoAuth = conn
+    let answer: crate::scenario::BaoAuth = conn
         .post_json("/v1/auth/token/create-orphan", Auth::VaultToken(token), &body)
         .await?
         .expect(&[200])?

@@ -110,14 +110,16 @@ struct Introspection {
     active: bool,
 }
 
+/// OpenBao's answer to a token create.
 #[derive(Deserialize)]
-struct BaoAuth {
-    auth: BaoClientToken,
+pub(crate) struct BaoAuth {
+    pub(crate) auth: BaoClientToken,
 }
 
+/// The token in [`BaoAuth`].
 #[derive(Deserialize)]
-struct BaoClientToken {
-    client_token: String,
+pub(crate) struct BaoClientToken {
+    pub(crate) client_token: String,
 }
 
 /// Session and token lifetime for stint runs: long enough to outlive preparation plus the run.
